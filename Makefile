@@ -1,0 +1,37 @@
+# boxtel -- the two commands a new user needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: demo test bench lint venv mosquitto clean
+
+demo: venv mosquitto  ## broker + agent on simulated hardware, live telemetry until Ctrl-C
+	$(BIN)/python -m agent.demo
+
+test: venv mosquitto  ## the whole suite against real mosquitto brokers
+	$(BIN)/python -m pytest
+
+bench: venv mosquitto  ## benchmarks with figures against baselines measured in the same run
+	$(BIN)/python -m bench
+
+lint: venv
+	$(BIN)/ruff check .
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+		echo "installing mosquitto"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; }
+
+clean:
+	rm -rf $(VENV) .demo *.egg-info .pytest_cache .hypothesis

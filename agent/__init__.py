@@ -1,0 +1,3 @@
+"""boxtel agent: the daemon core (config, runtime, outbox, MQTT publisher, diagnostics, CLI)."""
+
+__version__ = "0.1.0"

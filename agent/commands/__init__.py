@@ -1,0 +1,1 @@
+"""One module per `boxtel` subcommand (registered in agent.cli.COMMANDS)."""

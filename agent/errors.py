@@ -1,0 +1,46 @@
+"""Exit codes (sysexits.h) and the errors that map onto them.
+
+Every user-facing failure is one of these exceptions; the CLI turns it into a single line on stderr
+and the matching exit code, never a traceback.
+"""
+
+EX_OK = 0
+EX_USAGE = 64  # bad command line
+EX_DATAERR = 65  # bad input data (e.g. a capture with no NMEA)
+EX_UNAVAILABLE = 69  # a service we need is not there (no agent running, broker unreachable)
+EX_SOFTWARE = 70  # internal error: a bug, reported with a traceback in the log
+EX_CONFIG = 78  # configuration error
+
+
+class BoxtelError(Exception):
+    """An error the user can act on; `str()` is the whole message."""
+
+    exit_code = EX_SOFTWARE
+
+
+class ConfigError(BoxtelError):
+    """A problem in the config file, reported as `FILE: KEY.PATH: what is wrong`."""
+
+    exit_code = EX_CONFIG
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None):
+        self.file = file
+        self.key = key
+        self.detail = message
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        parts = [p for p in (self.file, self.key) if p]
+        return ": ".join([*parts, self.detail])
+
+
+class DataError(BoxtelError):
+    exit_code = EX_DATAERR
+
+
+class UnavailableError(BoxtelError):
+    exit_code = EX_UNAVAILABLE
+
+
+class UsageError(BoxtelError):
+    exit_code = EX_USAGE

@@ -1,0 +1,376 @@
+"""The MQTT publisher: one connection to the broker, kept up, with birth, will and session.
+
+Threads: paho's network thread (one per connection, `loop_start()`), and our supervisor thread that
+connects, waits for the connection to end and reconnects with exponential backoff and jitter (paho's
+own reconnect has no jitter, so a hundred boxes behind one cell tower would retry in lockstep).
+
+Every connection gets a fresh paho client: paho resends its in-memory queue on reconnect, but the
+outbox is the store, so nothing of a dead connection may be sent twice behind its back.
+
+paho callbacks only hand work over and return (STYLE: the network loop is someone else's thread):
+publish results go to the core as `Delivered`, connection changes as `Connected`/`Disconnected`. Each
+callback is wrapped so an exception is logged and never kills paho's thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import queue
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent import __version__, statefile
+from agent.clock import Clock
+from agent.config import Config, MqttSettings
+from agent.errors import ConfigError
+
+log = logging.getLogger("boxtel.mqtt")
+
+_CONNECT_TIMEOUT_S = 10.0
+_STABLE_CONNECTION_S = 30.0  # a connection that lasted this long resets the backoff
+_OFFLINE_ACK_WAIT_S = 2.0  # on stop: how long to wait for the broker to take our clean "offline"
+
+
+@dataclass(frozen=True)
+class Connected:
+    session: int
+
+
+@dataclass(frozen=True)
+class Disconnected:
+    session: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """The broker answered a publish. `error` is None on success, else the refusal."""
+
+    session: int
+    mid: int
+    error: str | None
+
+
+def tls_context(settings: MqttSettings, *, file: str) -> ssl.SSLContext:
+    """Build the TLS context, naming the key that holds a bad CA, certificate or key file."""
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file or None)
+    except (ssl.SSLError, OSError) as err:
+        raise ConfigError(f"cannot load CA file {settings.ca_file}: {err}", file=file, key="mqtt.ca_file") from None
+    if settings.cert_file:
+        try:
+            context.load_cert_chain(settings.cert_file, settings.key_file)
+        except (ssl.SSLError, OSError) as err:
+            raise ConfigError(
+                f"cannot load client certificate {settings.cert_file} with key {settings.key_file}: {err}",
+                file=file,
+                key="mqtt.cert_file",
+            ) from None
+    if settings.tls_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def read_boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+class Backoff:
+    """Exponential backoff with "equal jitter": half the delay fixed, half random."""
+
+    def __init__(self, min_s: float, max_s: float):
+        self.min_s = min_s
+        self.max_s = max_s
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.max_s, self.min_s * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Publisher:
+    def __init__(self, config: Config, clock: Clock, notify: Callable[[Any], None]):
+        self.config = config
+        self.settings = config.mqtt
+        self.clock = clock
+        self._notify = notify
+        self.base_topic = f"{self.settings.topic_prefix}/{config.box.id}"
+        self.status_topic = f"{self.base_topic}/status"
+        self._password = config.mqtt_password()
+        self._tls = tls_context(self.settings, file=config.file) if self.settings.tls else None
+        self._session_file = config.state_dir / "session.json"
+        self._boot_id = read_boot_id()
+        self._backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        self._work: queue.SimpleQueue = queue.SimpleQueue()  # wake-ups for the supervisor
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client: mqtt.Client | None = None
+        self._client_lock = threading.Lock()
+        self.session = int(statefile.load(self._session_file).get("session", 0))
+        self.connected = False
+        self.connected_since: float | None = None  # monotonic
+        self.connects = 0
+        self.reconnects = 0
+        self.connect_failures = 0
+        self.births_republished = 0
+        self.last_error: str | None = None
+        self.last_error_mono: float | None = None
+        self.last_progress = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.settings.protocol == "3.1.1":
+            log.warning(
+                "MQTT 3.1.1: a publish the broker refuses (ACL) is acknowledged like a success and "
+                "cannot be detected; use protocol = \"5\""
+            )
+        self._thread = threading.Thread(target=self._supervise, name="mqtt-supervisor", daemon=True)
+        self._thread.start()
+
+    def stop(self, reason: str = "stopped", timeout_s: float = 3.0) -> None:
+        """Publish a clean `offline` (waiting briefly for the broker to take it), then disconnect."""
+        self._stopping.set()
+        with self._client_lock:
+            client, connected = self._client, self.connected
+        if client is not None and connected:
+            info = client.publish(self.status_topic, self._status_payload("offline", reason), qos=1, retain=True)
+            try:
+                info.wait_for_publish(_OFFLINE_ACK_WAIT_S)
+            except (RuntimeError, ValueError) as err:
+                log.warning("could not publish offline status: %s", err)
+            client.disconnect()
+        self._work.put("stop")
+        if self._thread is not None:
+            self._thread.join(timeout=timeout_s)
+
+    # -- called by the core ------------------------------------------------------------------------
+    def publish(self, topic: str, payload: str, *, retain: bool) -> tuple[int, int] | None:
+        """Hand one QoS 1 message to paho; returns (session, mid), or None when not connected."""
+        with self._client_lock:
+            client, session, connected = self._client, self.session, self.connected
+        if client is None or not connected:
+            return None
+        info = client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        return session, info.mid
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "mqtt_connected": self.connected,
+            "mqtt_connected_s": None if self.connected_since is None else round(now - self.connected_since),
+            "mqtt_session": self.session,
+            "reconnects": self.reconnects,
+            "connect_failures": self.connect_failures,
+            "births_republished": self.births_republished,
+            "mqtt_last_error": self.last_error,
+        }
+
+    # -- the supervisor thread ---------------------------------------------------------------------
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            self.last_progress = time.monotonic()
+            started = time.monotonic()
+            client = self._connect()
+            if client is not None:
+                self._wait_for_disconnect(client)
+                if time.monotonic() - started >= _STABLE_CONNECTION_S:
+                    self._backoff.reset()
+            if self._stopping.is_set():
+                break
+            delay = self._backoff.next_delay()
+            log.info("reconnecting in %.1f s", delay)
+            self._sleep(delay)
+
+    def _connect(self) -> mqtt.Client | None:
+        self.session += 1
+        statefile.save(self._session_file, {"session": self.session})
+        client = self._new_client(self.session)
+        if self.settings.tls_insecure:
+            log.warning("TLS certificate verification is OFF (mqtt.tls_insecure = true): the broker is not authenticated")
+        try:
+            client.connect(
+                self.settings.host,
+                self.settings.effective_port,
+                keepalive=self.settings.keepalive_s,
+                **({"clean_start": True} if self._v5 else {}),
+            )
+        except (OSError, ssl.SSLError, ValueError) as err:
+            self._record_error(f"cannot connect to {self.settings.host}:{self.settings.effective_port}: {_why(err)}")
+            self.connect_failures += 1
+            return None
+        with self._client_lock:
+            self._client = client
+        client.loop_start()
+        return client
+
+    def _wait_for_disconnect(self, client: mqtt.Client) -> None:
+        while True:
+            item = self._work.get()
+            self.last_progress = time.monotonic()
+            if item == "stop" or (isinstance(item, Disconnected) and item.session == self.session):
+                break
+            if isinstance(item, dict):
+                self._check_status(client, item)
+        client.loop_stop()
+
+    def _check_status(self, client: mqtt.Client, status: dict[str, Any]) -> None:
+        """A stale will (from an earlier session) overwrote our birth: publish the birth again."""
+        if status.get("state") == "offline" and status.get("session") != self.session and self.connected:
+            log.warning(
+                "a stale last will (session %s) replaced our status; republishing birth (session %d)",
+                status.get("session"),
+                self.session,
+            )
+            self.births_republished += 1
+            client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+
+    def _sleep(self, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                if self._work.get(timeout=remaining) == "stop":
+                    return
+            except queue.Empty:
+                return
+
+    # -- paho client and its callbacks (paho's thread: hand over, never block) ---------------------
+    @property
+    def _v5(self) -> bool:
+        return self.settings.protocol == "5"
+
+    def _new_client(self, session: int) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.config.box.id,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            reconnect_on_failure=False,
+            **({} if self._v5 else {"clean_session": True}),
+        )
+        client.connect_timeout = _CONNECT_TIMEOUT_S
+        client.max_inflight_messages_set(self.settings.inflight + 2)  # + birth and offline status
+        client.username_pw_set(self.config.username, self._password)
+        if self._tls is not None:
+            client.tls_set_context(self._tls)
+            if self.settings.tls_insecure:
+                client.tls_insecure_set(True)
+        will_props = None
+        if self._v5:
+            will_props = Properties(PacketTypes.WILLMESSAGE)
+            will_props.ContentType = "application/json"
+        client.will_set(
+            self.status_topic,
+            self._status_payload("offline", "connection lost", session=session),
+            qos=1,
+            retain=True,
+            properties=will_props,
+        )
+        client.on_connect = self._guard(functools.partial(self._on_connect, session))
+        client.on_disconnect = self._guard(functools.partial(self._on_disconnect, session))
+        client.on_publish = self._guard(functools.partial(self._on_publish, session))
+        client.on_message = self._guard(self._on_message)
+        return client
+
+    def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
+        def guarded(*args: Any) -> None:
+            try:
+                callback(*args)
+            except Exception:  # noqa: BLE001 - an exception here would kill paho's network thread
+                log.exception("error in MQTT callback %s", getattr(callback, "__name__", callback))
+                self._record_error("internal error in MQTT callback (see log)")
+
+        return guarded
+
+    def _on_connect(self, session: int, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._record_error(f"broker refused the connection: {reason_code}")
+            self.connect_failures += 1
+            return
+        with self._client_lock:
+            self.connected = True
+        self.connected_since = time.monotonic()
+        self.connects += 1
+        if self.connects > 1:
+            self.reconnects += 1
+        log.info("connected to %s:%d (session %d)", self.settings.host, self.settings.effective_port, session)
+        client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+        client.subscribe(self.status_topic, qos=1)
+        self._notify(Connected(session))
+
+    def _on_disconnect(self, session: int, client, userdata, flags, reason_code, properties) -> None:
+        with self._client_lock:
+            was_connected = self.connected
+            self.connected = False
+        self.connected_since = None
+        reason = str(reason_code)
+        if was_connected and not self._stopping.is_set():
+            self._record_error(f"connection lost: {reason}")
+        self._work.put(Disconnected(session, reason))
+        self._notify(Disconnected(session, reason))
+
+    def _on_publish(self, session: int, client, userdata, mid, reason_code, properties) -> None:
+        error = f"{reason_code} (0x{reason_code.value:02x})" if reason_code.is_failure else None
+        self._notify(Delivered(session, mid, error))
+
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            status = json.loads(message.payload)
+        except ValueError:
+            return
+        if isinstance(status, dict):
+            self._work.put(status)
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _status_payload(self, state: str, reason: str | None = None, *, session: int | None = None) -> str:
+        payload = {
+            "state": state,
+            "ts": self.clock.iso_now(),
+            "version": __version__,
+            "site": self.config.box.site,
+            "boot_id": self._boot_id,
+            "session": self.session if session is None else session,
+        }
+        if reason:
+            payload["reason"] = reason
+        return json.dumps(payload, separators=(",", ":"))
+
+    def _record_error(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("%s", message)
+        self.last_error = message
+        self.last_error_mono = time.monotonic()
+
+
+def _why(err: BaseException) -> str:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({err.verify_message})"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS error ({err.reason or err})"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err) or type(err).__name__

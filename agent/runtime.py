@@ -1,0 +1,349 @@
+"""The agent's core: one thread that owns timestamps, sequence numbers, rate limits and the outbox.
+
+Drivers put readings and events on the bus from their own threads; the publisher puts connection
+changes and publish results there from paho's thread. The core takes them off one at a time, so the
+outbox (SQLite) has a single writer and needs no locks. Between items the core sleeps until its next
+deadline -- a held reading, a max-interval re-send, a grouped commit -- so an idle agent stays asleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agent import __version__
+from agent.bus import Bus, Event, Reading
+from agent.clock import Clock
+from agent.config import Config
+from agent.errors import BoxtelError, ConfigError
+from agent.outbox import EVENT, HISTORY, LIVE, Outbox, OutboxError
+from agent.publisher import Connected, Delivered, Disconnected, Publisher
+from agent.throttle import StreamSettings, StreamThrottle
+from drivers import driver_class
+from drivers.base import Driver, DriverContext
+
+log = logging.getLogger("boxtel.core")
+
+HEALTH = "health"
+_AGENT_HEALTH_INTERVAL_S = 60.0  # health without a [host] section: agent figures only
+_STOP_DELIVERY_S = 1.0  # on stop: time given to deliver what is pending before "offline"
+_REFUSED_RETRY_MIN_S = 30.0
+_REFUSED_RETRY_MAX_S = 3600.0
+
+
+@dataclass(frozen=True)
+class _Stop:
+    reason: str
+
+
+class Agent:
+    def __init__(self, config: Config, *, clock: Clock | None = None):
+        self.config = config
+        self.clock = clock or Clock()
+        self.bus = Bus()
+        self.started_mono = time.monotonic()
+        self.base_topic = f"{config.mqtt.topic_prefix}/{config.box.id}"
+        try:
+            self.outbox = Outbox(config.state_dir / "outbox.db")
+        except OutboxError as err:
+            raise ConfigError(str(err), file=config.file, key="box.state_dir") from None
+        self.publisher = Publisher(config, self.clock, self.bus.put)
+        self.simulation = None
+        if config.simulate:
+            from drivers.simulator import Simulation
+
+            self.simulation = Simulation(config)
+        self.drivers: list[Driver] = []
+        self.throttles: dict[str, StreamThrottle] = {}
+        self._stream_mono: dict[str, float] = {}  # mono of each stream's latest reading
+        self._history_mono: dict[str, float] = {}
+        self._inflight: dict[tuple[int, int], int] = {}  # (session, mid) -> seq
+        self._refused: dict[int, tuple[float, float]] = {}  # seq -> (retry at, current delay)
+        self._flush_at: float | None = None
+        self._health_at: float | None = None
+        self._stopping = False
+        self.publish_errors = 0
+        self.last_publish_error: str | None = None
+        self.last_progress = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until SIGTERM/SIGINT or `request_stop()`; always stops cleanly."""
+        self._install_signal_handlers()
+        try:
+            self.start()
+            self._loop()
+        finally:
+            self.stop()
+
+    def start(self) -> None:
+        if self.simulation is not None:
+            self.simulation.prepare()
+        for entry in self.config.drivers:
+            cls = driver_class(entry.section)
+            ctx = DriverContext(
+                cls.instance_name(entry.config),
+                stream=cls.stream_name(entry.config),
+                bus=self.bus,
+                clock=self.clock,
+                state_dir=self.config.state_dir,
+                simulate=self.config.simulate,
+            )
+            driver = cls(entry.config, ctx)
+            settings = entry.config if isinstance(entry.config, StreamSettings) else StreamSettings()
+            self.throttles[ctx.stream] = StreamThrottle(settings)
+            self.drivers.append(driver)
+        if HEALTH not in self.throttles:
+            self.throttles[HEALTH] = StreamThrottle(StreamSettings(min_interval_s=0.0))
+            self._health_at = time.monotonic()
+        self.publisher.start()
+        for driver in self.drivers:
+            try:
+                driver.start()
+            except BoxtelError:
+                raise
+            except Exception as err:  # noqa: BLE001 - one broken driver must not stop the others
+                log.exception("driver %s failed to start", driver.ctx.name)
+                driver.ctx.error("start_failed", f"failed to start: {err}")
+        if self.simulation is not None:
+            self.simulation.start(self)
+        log.info(
+            "boxtel %s running as %s with %s%s", __version__, self.config.box.id,
+            ", ".join(d.ctx.name for d in self.drivers) or "no drivers",
+            " (simulated hardware)" if self.config.simulate else "",
+        )
+
+    def request_stop(self, reason: str = "stopped") -> None:
+        self.bus.put(_Stop(reason))
+
+    def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.simulation is not None:
+            self.simulation.stop()
+        for driver in self.drivers:
+            try:
+                driver.stop()
+            except Exception:  # noqa: BLE001
+                log.exception("driver %s failed to stop cleanly", driver.ctx.name)
+        self._drain_bus()
+        self._deliver_pending(_STOP_DELIVERY_S)
+        self.publisher.stop("stopped")
+        self._drain_bus()
+        self.outbox.close()
+        log.info("stopped")
+
+    # -- the core loop -----------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            item = self.bus.get(timeout=self._sleep_s())
+            self.last_progress = time.monotonic()
+            while item is not None:
+                if isinstance(item, _Stop):
+                    log.info("stopping (%s)", item.reason)
+                    return
+                self._handle(item)
+                item = self.bus.get_nowait()
+            self._run_timers()
+
+    def _handle(self, item: Any) -> None:
+        if isinstance(item, Reading):
+            self._on_reading(item)
+        elif isinstance(item, Event):
+            self._on_event(item)
+        elif isinstance(item, Delivered):
+            self._on_delivered(item)
+        elif isinstance(item, Connected):
+            self._on_connected()
+        elif isinstance(item, Disconnected):
+            self._on_disconnected(item)
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        for stream, throttle in self.throttles.items():
+            if throttle.next_due() <= now:
+                values = throttle.due(now)
+                if values is not None:
+                    # A held change keeps its own time; a max-interval re-send is a fresh report.
+                    self._accept_reading(stream, values, now)
+        if self._health_at is not None and now >= self._health_at:
+            self._health_at = now + _AGENT_HEALTH_INTERVAL_S
+            self._on_reading(Reading(HEALTH, {}, now))
+        if self._flush_at is not None and now >= self._flush_at:
+            self._commit()
+        self._fill_window()
+
+    def _sleep_s(self) -> float:
+        deadlines = [t.next_due() for t in self.throttles.values()]
+        deadlines += [at for at, _ in self._refused.values()]
+        if self._flush_at is not None:
+            deadlines.append(self._flush_at)
+        if self._health_at is not None:
+            deadlines.append(self._health_at)
+        soonest = min(deadlines, default=float("inf"))
+        return max(0.0, min(soonest - time.monotonic(), 3600.0))
+
+    # -- readings and events -----------------------------------------------------------------------
+    def _on_reading(self, reading: Reading) -> None:
+        throttle = self.throttles.get(reading.stream)
+        if throttle is None:
+            log.error("reading for unknown stream %r dropped", reading.stream)
+            return
+        self._stream_mono[reading.stream] = reading.mono
+        values = throttle.offer(reading.values, reading.mono, reading.force)
+        if values is not None:
+            self._accept_reading(reading.stream, values, reading.mono)
+
+    def _accept_reading(self, stream: str, values: dict[str, Any], mono: float) -> None:
+        if self.publisher.connected:
+            prio = LIVE
+        else:
+            # Offline: keep one reading per stream per history interval; the latest is still known
+            # (the throttle has it) and becomes the retained state on reconnect.
+            last = self._history_mono.get(stream)
+            if last is not None and mono - last < self.config.outbox.history_interval_s:
+                return
+            self._history_mono[stream] = mono
+            prio = HISTORY
+        payload = dict(values)
+        if stream == HEALTH:
+            payload.update(self.health_fields())
+        payload["ts"] = self.clock.iso_at(mono)
+        self.outbox.accept(prio, stream, payload)
+        self._schedule_flush()
+
+    def _on_event(self, event: Event) -> None:
+        payload = {
+            "kind": event.kind,
+            "source": event.source,
+            "severity": event.severity,
+            **event.details,
+            "ts": self.clock.iso_at(event.mono),
+        }
+        self.outbox.accept(EVENT, "events", payload)  # committed (fsync) before it can be published
+        self._flush_at = None
+        self._fill_window()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_at is None:
+            self._flush_at = time.monotonic() + self.config.outbox.flush_interval_s
+
+    def _commit(self) -> None:
+        self.outbox.commit()
+        self._flush_at = None
+
+    # -- delivery ----------------------------------------------------------------------------------
+    def _fill_window(self) -> None:
+        if not self.publisher.connected:
+            return
+        room = self.config.mqtt.inflight - len(self._inflight)
+        if room <= 0:
+            return
+        now = time.monotonic()
+        exclude = set(self._inflight.values())
+        exclude.update(seq for seq, (at, _) in self._refused.items() if at > now)
+        for message in self.outbox.take(room, exclude):
+            handle = self.publisher.publish(message.topic(self.base_topic), message.payload, retain=message.retain)
+            if handle is None:
+                return
+            self._inflight[handle] = message.seq
+
+    def _on_delivered(self, item: Delivered) -> None:
+        seq = self._inflight.pop((item.session, item.mid), None)
+        if seq is None:
+            return  # birth/offline status, or a result from a connection already given up
+        if item.error is None:
+            self._refused.pop(seq, None)
+            self.outbox.delivered(seq)
+            if self.outbox.unsaved_acks >= self.config.mqtt.inflight:
+                self._commit()  # bounds duplicates after a crash to one window
+            else:
+                self._schedule_flush()
+        else:
+            # Refused (ACL, quota, ...): an error, never a success. Keep it and retry later.
+            self.publish_errors += 1
+            self.last_publish_error = f"broker refused seq {seq}: {item.error}"
+            _, delay = self._refused.get(seq, (0.0, _REFUSED_RETRY_MIN_S / 2))
+            delay = min(delay * 2, _REFUSED_RETRY_MAX_S)
+            self._refused[seq] = (time.monotonic() + delay, delay)
+            log.error("%s; kept in the outbox, retry in %.0f s", self.last_publish_error, delay)
+
+    def _on_connected(self) -> None:
+        # The current state of every stream goes first, retained, before events and history.
+        now = time.monotonic()
+        for stream, throttle in self.throttles.items():
+            values = throttle.resend(now)
+            if values is not None:
+                self._accept_reading(stream, values, self._stream_mono.get(stream, now))
+        self._commit()
+        self._fill_window()
+
+    def _on_disconnected(self, item: Disconnected) -> None:
+        self._inflight = {key: seq for key, seq in self._inflight.items() if key[0] != item.session}
+        self.outbox.demote_live()
+        self._flush_at = None
+
+    def _deliver_pending(self, budget_s: float) -> None:
+        self._commit()
+        deadline = time.monotonic() + budget_s
+        while self.publisher.connected and self.outbox.depth:
+            self._fill_window()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            item = self.bus.get(timeout=min(remaining, 0.1))
+            if item is not None and not isinstance(item, _Stop):
+                self._handle(item)
+        self._commit()
+
+    def _drain_bus(self) -> None:
+        while (item := self.bus.get_nowait()) is not None:
+            if not isinstance(item, _Stop):
+                self._handle(item)
+        self._commit()
+
+    # -- health ------------------------------------------------------------------------------------
+    def health_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "agent_version": __version__,
+            "agent_uptime_s": round(time.monotonic() - self.started_mono),
+            "outbox_depth": self.outbox.depth,
+            "dropped": 0,
+            "reconnects": self.publisher.reconnects,
+            "publish_errors": self.publish_errors,
+            "last_publish_error": self.last_publish_error,
+            "mqtt_last_error": self.publisher.last_error,
+            **self.clock.snapshot(),
+        }
+        for driver in self.drivers:
+            fields[f"errors_{driver.ctx.name}"] = driver.ctx.error_total()
+            fields.update(driver.health())
+        return fields
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a technician needs to see, for local diagnostics."""
+        return {
+            "box": self.config.box.id,
+            "site": self.config.box.site,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_mono),
+            "simulate": self.config.simulate,
+            **self.publisher.snapshot(),
+            "publish_errors": self.publish_errors,
+            "last_publish_error": self.last_publish_error,
+            "outbox_depth": self.outbox.depth,
+            "last_seq": self.outbox.last_seq,
+            **self.clock.snapshot(),
+            "drivers": {driver.ctx.name: driver.status() for driver in self.drivers},
+        }
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda sig, frame: self.request_stop(signal.Signals(sig).name))

@@ -1,0 +1,65 @@
+"""Simulated Raspberry Pi power and thermal files for the host driver.
+
+Builds a small sysfs tree (hwmon `rpi_volt`, the firmware's `get_throttled`, a CPU thermal zone) and
+plays a brownout: under-voltage a little after start, gone again seconds later, as a generator that
+sags under load does. The host driver reads it exactly as it reads /sys on a Pi.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+
+from drivers.simulator import Simulator
+
+BROWNOUT_AT_S = 15.0
+BROWNOUT_FOR_S = 12.0
+BROWNOUT_EVERY_S = 600.0
+
+
+class HostSimulator(Simulator):
+    def prepare(self) -> None:
+        self.root = self.workdir / "sysfs"
+        self.hwmon = self.root / "class/hwmon/hwmon0"
+        self.firmware = self.root / "devices/platform/soc/soc:firmware"
+        self.thermal = self.root / "class/thermal/thermal_zone0"
+        for folder in (self.hwmon, self.firmware, self.thermal):
+            folder.mkdir(parents=True, exist_ok=True)
+        (self.hwmon / "name").write_text("rpi_volt\n")
+        (self.thermal / "type").write_text("cpu-thermal\n")
+        self._write(brownout=False, elapsed_s=0.0)
+        for config in self.configs:
+            config.sysfs_root = str(self.root)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sim-host", daemon=True)
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            elapsed = time.monotonic() - self._started
+            phase = (elapsed - BROWNOUT_AT_S) % BROWNOUT_EVERY_S
+            self._write(brownout=elapsed >= BROWNOUT_AT_S and phase < BROWNOUT_FOR_S, elapsed_s=elapsed)
+
+    def _write(self, *, brownout: bool, elapsed_s: float) -> None:
+        self._brownouts_seen = getattr(self, "_brownouts_seen", False) or brownout
+        _write_atomic(self.hwmon / "in0_lcrit_alarm", "1" if brownout else "0")
+        flags = (0x5 if brownout else 0) | (0x50000 if self._brownouts_seen else 0)
+        _write_atomic(self.firmware / "get_throttled", f"{flags:x}")
+        millidegrees = 52000 + 6000 * math.sin(elapsed_s / 120.0)
+        _write_atomic(self.thermal / "temp", str(int(millidegrees)))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(path)

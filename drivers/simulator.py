@@ -1,0 +1,69 @@
+"""Simulated hardware: the real drivers run against it, so simulation exercises the code a Pi runs.
+
+Each driver kind may name a `simulator` ("module:Class"). Before the drivers are built, a simulator
+points its kind's config at what it made -- a pseudo-terminal carrying NMEA, gpiozero `MockFactory`
+pins, a fake sysfs tree -- and once they run, it plays its scenario until stopped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from drivers import REGISTRY, driver_class
+
+log = logging.getLogger("boxtel.simulate")
+
+
+class Simulator:
+    """Base class for one driver kind's simulated hardware."""
+
+    def __init__(self, configs: list[Any], workdir: Path):
+        self.configs = configs  # this kind's driver configs, adjusted in place by prepare()
+        self.workdir = workdir
+
+    def prepare(self) -> None:
+        """Make the simulated hardware and point the configs at it (before drivers start)."""
+
+    def start(self) -> None:
+        """Start the scenario (drivers are running)."""
+
+    def stop(self) -> None:
+        """Stop the scenario and release what prepare() made."""
+
+
+class Simulation:
+    def __init__(self, config: Any):
+        self.config = config
+        self.workdir = Path(tempfile.mkdtemp(prefix="boxtel-sim-"))
+        self.parts: list[Simulator] = []
+
+    def prepare(self) -> None:
+        self.config.gpio.pin_factory = "mock"
+        for section in REGISTRY:
+            configs = self.config.driver_configs(section)
+            cls = driver_class(section)
+            if not configs or cls.simulator is None:
+                continue
+            module_name, class_name = cls.simulator.split(":")
+            simulator_cls = getattr(importlib.import_module(module_name), class_name)
+            part = simulator_cls(configs, self.workdir)
+            part.prepare()
+            self.parts.append(part)
+
+    def start(self, agent: Any = None) -> None:
+        for part in self.parts:
+            part.start()
+        log.info("simulated hardware: %s", ", ".join(type(p).__name__ for p in self.parts) or "none")
+
+    def stop(self) -> None:
+        for part in self.parts:
+            try:
+                part.stop()
+            except Exception:  # noqa: BLE001 - stopping the rest matters more
+                log.exception("simulator %s failed to stop", type(part).__name__)
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,239 @@
+"""The publisher against a real mosquitto: birth, will, clean offline, reconnect, stale will, ACL
+refusals, TLS."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from agent.publisher import Backoff
+from tests.support import Subscriber, wait_until
+
+STATUS = "boxtel/test-001/status"
+HEALTH = "boxtel/test-001/health"
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+# Health every second, so tests see figures change quickly.
+FAST_HEALTH = {"host": {"interval_s": 1.0, "power_check_s": 1.0, "min_interval_s": 0.0, "max_interval_s": 1.0}}
+
+
+def online(payload):
+    return payload["state"] == "online"
+
+
+def test_birth_health_and_clean_offline(broker, make_config, subscribe, run_agent):
+    sub = subscribe()
+    agent = run_agent(make_config(broker, FAST_HEALTH))
+    birth = sub.wait_for(STATUS, online).json
+    assert birth["site"] == "Testville" and birth["session"] >= 1 and birth["version"]
+    assert ISO_MS.match(birth["ts"]) and len(birth["boot_id"]) == 36
+    assert "seq" not in birth
+
+    health = sub.wait_for(HEALTH, lambda p: p["mqtt_last_error"] is None).json
+    assert ISO_MS.match(health["ts"]) and isinstance(health["seq"], int)
+    assert health["clock_source"] in ("ntp", "gps", "unsynced")
+    assert health["errors_host"] == 0 and health["dropped"] == 0
+    later = sub.wait_for(HEALTH, lambda p: p["seq"] > health["seq"]).json
+    assert later["seq"] > health["seq"]
+
+    started = time.monotonic()
+    assert agent.terminate() == 0
+    assert time.monotonic() - started < 5.0
+    offline = sub.wait_for(STATUS, lambda p: p["state"] == "offline").json
+    assert offline["reason"] == "stopped" and offline["session"] == birth["session"]
+    # retained: a dashboard that connects now sees the box offline
+    late = subscribe(STATUS)
+    assert late.wait_for(STATUS).json["state"] == "offline"
+    assert late.on(STATUS)[0].retain
+
+
+def test_last_will_on_sigkill_carries_the_session(broker, make_config, subscribe, run_agent):
+    sub = subscribe(STATUS)
+    agent = run_agent(make_config(broker))
+    birth = sub.wait_for(STATUS, online).json
+    agent.kill()
+    will = sub.wait_for(STATUS, lambda p: p["state"] == "offline", timeout=20).json
+    assert will["reason"] == "connection lost" and will["session"] == birth["session"]
+
+
+def test_reconnects_after_broker_restart_with_new_session(broker, make_config, subscribe, run_agent):
+    config = make_config(broker, FAST_HEALTH)
+    agent = run_agent(config)
+    sub = subscribe(STATUS)
+    first = sub.wait_for(STATUS, online).json
+    sub.close()
+    broker.restart()
+    sub = Subscriber(broker.port, ["boxtel/#"])
+    try:
+        second = sub.wait_for(STATUS, lambda p: online(p) and p["session"] > first["session"]).json
+        health = sub.wait_for(HEALTH, lambda p: p["reconnects"] >= 1).json
+        assert "connection lost" in health["mqtt_last_error"]
+    finally:
+        sub.close()
+    assert second["boot_id"] == first["boot_id"]
+    assert agent.alive()
+
+
+def test_backoff_grows_with_jitter_while_broker_is_down(broker, make_config, run_agent):
+    agent = run_agent(make_config(broker, {"mqtt": {"reconnect_min_s": 0.2, "reconnect_max_s": 1.6}}))
+    wait_until(lambda: "connected to" in agent.log(), what="first connection")
+    broker.stop()
+    delays = wait_until(
+        lambda: (d := [float(x) for x in re.findall(r"reconnecting in ([\d.]+) s", agent.log())]) and len(d) >= 6 and d,
+        timeout=20, what="six reconnect attempts",
+    )
+    ceilings = [0.2, 0.4, 0.8, 1.6, 1.6, 1.6]
+    for delay, ceiling in zip(delays, ceilings, strict=False):
+        assert ceiling / 2 - 0.05 <= delay <= ceiling + 0.05, (delays, ceilings)
+    assert "Connection refused" in agent.log()
+
+
+def test_backoff_has_jitter_and_cap():
+    backoff = Backoff(1.0, 8.0)
+    runs = [[Backoff(1.0, 8.0).next_delay() for _ in range(6)] for _ in range(50)]
+    assert len({run[0] for run in runs}) > 40  # jittered: a fleet does not retry in lockstep
+    assert all(max(run) <= 8.0 for run in runs)
+    delays = [backoff.next_delay() for _ in range(10)]
+    assert delays[-1] >= 4.0
+    backoff.reset()
+    assert backoff.next_delay() <= 1.0
+
+
+def test_stale_will_is_answered_with_a_fresh_birth(broker, make_config, subscribe, run_agent):
+    sub = subscribe(STATUS)
+    run_agent(make_config(broker))
+    birth = sub.wait_for(STATUS, online).json
+    # A will from an earlier session reaches the broker late and overwrites the retained status.
+    stale = json.dumps({"state": "offline", "session": birth["session"] - 1, "reason": "connection lost"})
+    sub.client.publish(STATUS, stale, qos=1, retain=True)
+    count = len(sub.on(STATUS))
+    again = sub.wait_for(STATUS, online, after=count).json
+    assert again["session"] == birth["session"]
+    late = subscribe(STATUS)
+    assert online(late.wait_for(STATUS).json)
+
+
+def test_publish_refused_by_acl_is_a_health_error_not_a_success(make_broker, make_config, subscribe, run_agent):
+    # The box may write its status, health and events, but not history: the first health reading
+    # (taken before the connection is up) is history and will be refused.
+    acl = "\n".join([
+        "user test-001",
+        "topic readwrite boxtel/test-001/status",
+        "topic readwrite boxtel/test-001/health",
+        "topic readwrite boxtel/test-001/events",
+        "pattern read #",
+        "",
+    ])
+    broker = make_broker(acl=acl)
+    sub = subscribe(target=broker)
+    agent = run_agent(make_config(broker, FAST_HEALTH))
+    health = sub.wait_for(HEALTH, lambda p: p["publish_errors"] >= 1).json
+    assert "Not authorized" in health["last_publish_error"] and "0x87" in health["last_publish_error"]
+    assert health["outbox_depth"] >= 1  # refused means kept, not deleted
+    assert sub.on("boxtel/test-001/history/#") == []
+    assert "Not authorized" in agent.log()
+
+
+def test_mqtt_311_warns_that_refusals_are_invisible(broker, make_config, subscribe, run_agent):
+    sub = subscribe(STATUS)
+    agent = run_agent(make_config(broker, {"mqtt": {"protocol": "3.1.1"}}))
+    sub.wait_for(STATUS, online)
+    assert "cannot be detected" in agent.log()
+
+
+# -- TLS ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def tls_broker(make_broker, certs):
+    """TLS on its own port; a plain listener beside it for the test's subscriber."""
+    from agent.devbroker import free_port
+
+    plain = free_port()
+    broker = make_broker(
+        tls={"cafile": str(certs["ca_crt"]), "certfile": str(certs["server_crt"]), "keyfile": str(certs["server_key"])},
+        extra=[f"listener {plain} 127.0.0.1"],
+    )
+    broker.plain_port = plain
+    return broker
+
+
+def tls_config(make_config, broker, **mqtt):
+    return make_config(broker, {"mqtt": {"tls": True, "host": "localhost", **mqtt}})
+
+
+def test_tls_with_the_right_ca_connects(tls_broker, make_config, run_agent, certs):
+    sub = Subscriber(tls_broker.plain_port, STATUS)
+    try:
+        run_agent(tls_config(make_config, tls_broker, ca_file=str(certs["ca_crt"])))
+        assert online(sub.wait_for(STATUS).json)
+    finally:
+        sub.close()
+
+
+def test_tls_with_a_wrong_ca_is_refused(tls_broker, make_config, run_agent, certs):
+    sub = Subscriber(tls_broker.plain_port, STATUS)
+    try:
+        agent = run_agent(tls_config(make_config, tls_broker, ca_file=str(certs["other_ca_crt"])))
+        wait_until(lambda: "TLS certificate not trusted" in agent.log(), what="a TLS verification error")
+        assert sub.on(STATUS) == []
+        assert agent.alive()  # it keeps retrying; a broker certificate can be fixed without a restart
+    finally:
+        sub.close()
+
+
+def test_tls_insecure_connects_and_warns_every_connect(tls_broker, make_config, run_agent, certs):
+    sub = Subscriber(tls_broker.plain_port, STATUS)
+    try:
+        agent = run_agent(tls_config(make_config, tls_broker, ca_file=str(certs["other_ca_crt"]), tls_insecure=True))
+        first = sub.wait_for(STATUS, online).json
+        tls_broker.restart()
+        sub.close()
+        sub = Subscriber(tls_broker.plain_port, STATUS)
+        sub.wait_for(STATUS, lambda p: online(p) and p["session"] > first["session"])
+        assert agent.log().count("TLS certificate verification is OFF") >= 2
+    finally:
+        sub.close()
+
+
+def test_client_certificate_authenticates(make_broker, make_config, run_agent, certs, tmp_path):
+    from agent.devbroker import free_port
+
+    plain = free_port()
+    broker = make_broker(
+        tls={"cafile": str(certs["ca_crt"]), "certfile": str(certs["server_crt"]),
+             "keyfile": str(certs["server_key"]), "require_certificate": "true"},
+        extra=[f"listener {plain} 127.0.0.1"],
+    )
+    sub = Subscriber(plain, STATUS)
+    try:
+        run_agent(tls_config(make_config, broker, ca_file=str(certs["ca_crt"]),
+                             cert_file=str(certs["client_crt"]), key_file=str(certs["client_key"])))
+        assert online(sub.wait_for(STATUS).json)
+    finally:
+        sub.close()
+
+
+def test_password_is_sent_and_never_logged(make_broker, make_config, run_agent, tmp_path):
+    broker = make_broker(passwords={"test-001": "s3cret-pw", "watcher": "w"})
+    secret = tmp_path / "mqtt.password"
+    secret.write_text("s3cret-pw\n")
+    secret.chmod(0o600)
+    sub = Subscriber(broker.port, STATUS, username="watcher", password="w")
+    try:
+        agent = run_agent(make_config(broker, {"mqtt": {"password_file": str(secret)}}))
+        assert online(sub.wait_for(STATUS).json)
+        agent.terminate()
+        assert "s3cret-pw" not in agent.log()
+    finally:
+        sub.close()
+
+
+def test_wrong_password_is_reported(make_broker, make_config, run_agent, tmp_path):
+    broker = make_broker(passwords={"test-001": "right"})
+    secret = tmp_path / "mqtt.password"
+    secret.write_text("wrong\n")
+    secret.chmod(0o600)
+    agent = run_agent(make_config(broker, {"mqtt": {"password_file": str(secret)}}))
+    wait_until(lambda: "broker refused the connection" in agent.log(), what="an authentication refusal")
+    assert "wrong" not in agent.log().replace("broker refused", "")
