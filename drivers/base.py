@@ -160,6 +160,11 @@ class Driver:
         """Flat fields this driver adds to the `health` payload (prefixed with its name)."""
         return {}
 
+    def pins(self) -> list[dict[str, Any]]:
+        """For `boxtel pins`: one dict per configured GPIO input --
+        {"input": "locker/armory-1 door", "pin": 17, "raw": 0 or 1, "state": "open", "edges_per_s": 0.0}."""
+        return []
+
     def status(self) -> dict[str, Any]:
         """A snapshot for local diagnostics: last reading, state, anything a technician should see."""
         return {
