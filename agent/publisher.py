@@ -206,7 +206,11 @@ class Publisher:
 
     def _connect(self) -> mqtt.Client | None:
         self.session += 1
-        statefile.save(self._session_file, {"session": self.session})
+        try:
+            statefile.save(self._session_file, {"session": self.session})
+        except OSError as err:
+            # A full or read-only state dir must not stop publishing (the outbox reports it in health).
+            log.warning("cannot save the session counter %s: %s", self._session_file, err.strerror or err)
         client = self._new_client(self.session)
         if self.settings.tls_insecure:
             log.warning("TLS certificate verification is OFF (mqtt.tls_insecure = true): the broker is not authenticated")

@@ -22,6 +22,7 @@ from agent.config import Config
 from agent.errors import BoxtelError, ConfigError
 from agent.outbox import EVENT, HISTORY, LIVE, Outbox, OutboxError
 from agent.publisher import Connected, Delivered, Disconnected, Publisher
+from agent.replay import ReplayPacer
 from agent.throttle import StreamSettings, StreamThrottle
 from drivers import driver_class
 from drivers.base import Driver, DriverContext
@@ -33,6 +34,7 @@ _AGENT_HEALTH_INTERVAL_S = 60.0  # health without a [host] section: agent figure
 _STOP_DELIVERY_S = 1.0  # on stop: time given to deliver what is pending before "offline"
 _REFUSED_RETRY_MIN_S = 30.0
 _REFUSED_RETRY_MAX_S = 3600.0
+_DISK_RETRY_S = 15.0  # outbox in memory after a disk failure: try the disk again this often
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class Agent:
         self.started_mono = time.monotonic()
         self.base_topic = f"{config.mqtt.topic_prefix}/{config.box.id}"
         try:
-            self.outbox = Outbox(config.state_dir / "outbox.db")
+            self.outbox = Outbox(config.state_dir / "outbox.db", max_bytes=int(config.outbox.max_mb * 2**20))
         except OutboxError as err:
             raise ConfigError(str(err), file=config.file, key="box.state_dir") from None
         self.publisher = Publisher(config, self.clock, self.bus.put)
@@ -61,7 +63,9 @@ class Agent:
         self.throttles: dict[str, StreamThrottle] = {}
         self._stream_mono: dict[str, float] = {}  # mono of each stream's latest reading
         self._history_mono: dict[str, float] = {}
-        self._inflight: dict[tuple[int, int], int] = {}  # (session, mid) -> seq
+        self._inflight: dict[tuple[int, int], tuple[int, int]] = {}  # (session, mid) -> (seq, prio)
+        self.replay = ReplayPacer(config.outbox.replay_rate, config.mqtt.inflight)
+        self._disk_retry_at: float | None = None
         self._refused: dict[int, tuple[float, float]] = {}  # seq -> (retry at, current delay)
         self._flush_at: float | None = None
         self._health_at: float | None = None
@@ -176,6 +180,11 @@ class Agent:
             self._on_reading(Reading(HEALTH, {}, now))
         if self._flush_at is not None and now >= self._flush_at:
             self._commit()
+        if not self.outbox.durable:
+            if self._disk_retry_at is None:
+                self._disk_retry_at = now + _DISK_RETRY_S
+            elif now >= self._disk_retry_at:
+                self._disk_retry_at = None if self.outbox.retry_disk() else now + _DISK_RETRY_S
         self._fill_window()
 
     def _sleep_s(self) -> float:
@@ -185,6 +194,10 @@ class Agent:
             deadlines.append(self._flush_at)
         if self._health_at is not None:
             deadlines.append(self._health_at)
+        if self._disk_retry_at is not None:
+            deadlines.append(self._disk_retry_at)
+        if self.publisher.connected and (replay_at := self.replay.next_at()) is not None:
+            deadlines.append(replay_at)
         soonest = min(deadlines, default=float("inf"))
         return max(0.0, min(soonest - time.monotonic(), 3600.0))
 
@@ -241,29 +254,37 @@ class Agent:
     def _fill_window(self) -> None:
         if not self.publisher.connected:
             return
-        room = self.config.mqtt.inflight - len(self._inflight)
+        window = self.config.mqtt.inflight
+        if self.outbox.unsaved_acks and len(self._inflight) + self.outbox.unsaved_acks >= window:
+            # Acknowledged but not yet recorded counts against the window: after a crash, at most one
+            # window of messages is sent twice.
+            self._commit()
+        room = window - len(self._inflight) - self.outbox.unsaved_acks
         if room <= 0:
             return
         now = time.monotonic()
-        exclude = set(self._inflight.values())
+        exclude = {seq for seq, _ in self._inflight.values()}
         exclude.update(seq for seq, (at, _) in self._refused.items() if at > now)
-        for message in self.outbox.take(room, exclude):
+        history_inflight = sum(1 for _, prio in self._inflight.values() if prio == HISTORY)
+        for message in self.outbox.take(room, exclude, self.replay.allowance(now, history_inflight)):
             handle = self.publisher.publish(message.topic(self.base_topic), message.payload, retain=message.retain)
             if handle is None:
                 return
-            self._inflight[handle] = message.seq
+            self._inflight[handle] = (message.seq, message.prio)
+            if message.prio == HISTORY:
+                self.replay.sent()
 
     def _on_delivered(self, item: Delivered) -> None:
-        seq = self._inflight.pop((item.session, item.mid), None)
-        if seq is None:
+        sent = self._inflight.pop((item.session, item.mid), None)
+        if sent is None:
             return  # birth/offline status, or a result from a connection already given up
+        seq, prio = sent
         if item.error is None:
             self._refused.pop(seq, None)
             self.outbox.delivered(seq)
-            if self.outbox.unsaved_acks >= self.config.mqtt.inflight:
-                self._commit()  # bounds duplicates after a crash to one window
-            else:
-                self._schedule_flush()
+            self._schedule_flush()
+            if prio == HISTORY:
+                self.replay.acknowledged(time.monotonic())
         else:
             # Refused (ACL, quota, ...): an error, never a success. Keep it and retry later.
             self.publish_errors += 1
@@ -284,7 +305,7 @@ class Agent:
         self._fill_window()
 
     def _on_disconnected(self, item: Disconnected) -> None:
-        self._inflight = {key: seq for key, seq in self._inflight.items() if key[0] != item.session}
+        self._inflight = {key: sent for key, sent in self._inflight.items() if key[0] != item.session}
         self.outbox.demote_live()
         self._flush_at = None
 
@@ -312,8 +333,7 @@ class Agent:
         fields: dict[str, Any] = {
             "agent_version": __version__,
             "agent_uptime_s": round(time.monotonic() - self.started_mono),
-            "outbox_depth": self.outbox.depth,
-            "dropped": 0,
+            **self.outbox_fields(),
             "reconnects": self.publisher.reconnects,
             "publish_errors": self.publish_errors,
             "last_publish_error": self.last_publish_error,
@@ -324,6 +344,18 @@ class Agent:
             fields[f"errors_{driver.ctx.name}"] = driver.ctx.error_total()
             fields.update(driver.health())
         return fields
+
+    def outbox_fields(self) -> dict[str, Any]:
+        now = time.monotonic()
+        oldest = self.outbox.oldest_age_s(now)
+        return {
+            "outbox_depth": self.outbox.depth,
+            "outbox_oldest_s": None if oldest is None else round(oldest, 1),
+            "outbox_bytes": self.outbox.bytes,
+            "outbox_error": self.outbox.error,
+            "dropped": self.outbox.dropped,
+            "replay_rate": round(self.replay.rate(now), 1),
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a technician needs to see, for local diagnostics."""
@@ -336,7 +368,7 @@ class Agent:
             **self.publisher.snapshot(),
             "publish_errors": self.publish_errors,
             "last_publish_error": self.last_publish_error,
-            "outbox_depth": self.outbox.depth,
+            **self.outbox_fields(),
             "last_seq": self.outbox.last_seq,
             **self.clock.snapshot(),
             "drivers": {driver.ctx.name: driver.status() for driver in self.drivers},
