@@ -3,8 +3,10 @@
 import json
 import sqlite3
 import stat
+import time
+from pathlib import Path
 
-from agent.outbox import EVENT, HISTORY, LIVE, Outbox
+from agent.outbox import EVENT, HISTORY, LIVE, Outbox, volatile_reason_in
 
 
 def test_seq_survives_reopen_and_only_grows(tmp_path):
@@ -70,3 +72,122 @@ def test_demote_live_turns_undelivered_state_into_history(tmp_path):
 def test_database_file_is_private(tmp_path):
     Outbox(tmp_path / "outbox.db").close()
     assert stat.S_IMODE((tmp_path / "outbox.db").stat().st_mode) == 0o600
+
+
+# -- the cap: oldest history first, events last, every drop counted ----------------------------------
+def _sizes_on_disk(path):
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if not p.name.endswith("-shm"))
+
+
+def test_full_outbox_drops_oldest_history_first_and_counts_it(tmp_path):
+    path = tmp_path / "outbox.db"
+    box = Outbox(path, max_bytes=2**20)
+    events = [box.accept(EVENT, "events", {"kind": "door_opened", "ts": "t"}) for _ in range(50)]
+    history = []
+    for _ in range(12000):  # ~2.5 MB of history into 1 MB
+        history.append(box.accept(HISTORY, "gps", {"lat": 12.3456789, "lon": 45.6789012, "pad": "x" * 150}))
+        if len(history) % 100 == 0:
+            box.commit()
+    box.commit()
+    kept = {m.seq for m in box.take(100000, set())}
+    assert set(events) <= kept  # not one event goes while there is history
+    dropped = [s for s in history if s not in kept]
+    assert dropped and dropped == history[: len(dropped)]  # the oldest history, none from the middle
+    assert box.dropped == len(dropped) == box.last_seq - len(kept)  # every seq gap is counted
+    assert _sizes_on_disk(path) <= 2**20
+    assert box.bytes <= 2**20
+    box.close()
+    again = Outbox(path, max_bytes=2**20)  # the count survives a restart, so old gaps stay explained
+    assert again.dropped == len(dropped)
+
+
+def test_events_go_last_oldest_first(tmp_path):
+    box = Outbox(tmp_path / "outbox.db", max_bytes=2**20)
+    first = box.accept(HISTORY, "gps", {"pad": "x" * 200})
+    events = [box.accept(EVENT, "events", {"kind": "door_opened", "pad": "y" * 600}) for _ in range(2500)]
+    kept = {m.seq for m in box.take(100000, set())}
+    assert first not in kept
+    lost = [s for s in events if s not in kept]
+    assert lost and lost == events[: len(lost)]
+    assert box.dropped == len(lost) + 1
+    assert sqlite3.connect(tmp_path / "outbox.db").execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+# -- order and age by seq and the monotonic clock, never the wall clock ------------------------------
+def test_a_wall_clock_jump_of_years_deletes_and_reorders_nothing(tmp_path, monkeypatch):
+    box = Outbox(tmp_path / "outbox.db", max_bytes=2**20)
+    real_time = time.time
+    seqs = []
+    for offset_years in (0, 30, -30, 0):
+        monkeypatch.setattr(time, "time", lambda o=offset_years: real_time() + o * 365 * 86400)
+        seqs.append(box.accept(EVENT, "events", {"kind": "door_opened"}))
+        seqs.append(box.accept(HISTORY, "gps", {"n": offset_years}))
+        box.commit()
+        age = box.oldest_age_s()
+        assert age is not None and 0 <= age < 60
+    assert [m.seq for m in box.take(100, set())] == sorted(s for s in seqs if s % 2) + sorted(s for s in seqs if not s % 2)
+    assert box.dropped == 0 and box.depth == 8
+
+
+def test_oldest_age_follows_the_monotonic_clock(tmp_path, monkeypatch):
+    box = Outbox(tmp_path / "outbox.db")
+    assert box.oldest_age_s() is None
+    box.accept(EVENT, "events", {"kind": "x"})
+    now = time.monotonic()
+    assert 0 <= box.oldest_age_s(now + 100) - 100 < 5
+    box.delivered(1)
+    assert box.oldest_age_s() is None
+
+
+def test_wal_and_shm_files_are_private_too(tmp_path):
+    path = tmp_path / "outbox.db"
+    path.touch(mode=0o644)
+    box = Outbox(path)
+    box.accept(EVENT, "events", {"kind": "x"})
+    for file in tmp_path.glob("outbox.db*"):
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file
+    box.close()
+
+
+# -- hostile disks -----------------------------------------------------------------------------------
+def test_unwritable_database_carries_on_in_memory_from_what_it_can_read(tmp_path):
+    path = tmp_path / "outbox.db"
+    box = Outbox(path)
+    box.accept(EVENT, "events", {"kind": "door_opened"})
+    box.close()
+    # The path is now a file inside a "folder" that is a file: nothing can be created there, but a
+    # database we cannot open at all must not stop the agent either.
+    blocked = Outbox(tmp_path / "outbox.db" / "outbox.db")
+    assert not blocked.durable and "in memory" in blocked.error
+    assert blocked.accept(EVENT, "events", {"kind": "x"}) == 1
+    blocked.commit()
+    assert [m.seq for m in blocked.take(10, set())] == [1]
+
+
+def test_a_write_failure_moves_to_memory_keeps_everything_and_comes_back(tmp_path):
+    path = tmp_path / "outbox.db"
+    box = Outbox(path)
+    box.accept(EVENT, "events", {"kind": "a"})
+    box._db.execute("PRAGMA query_only=1")  # every write fails from now on, as on a read-only remount
+    box.accept(EVENT, "events", {"kind": "b"})
+    assert not box.durable and "cannot write the outbox" in box.error
+    box.accept(HISTORY, "gps", {"n": 1})
+    box.commit()
+    assert [m.seq for m in box.take(10, set())] == [1, 2, 3]
+    assert box.retry_disk() and box.durable and box.error is None
+    box.close()
+    again = Outbox(path)
+    assert [m.seq for m in again.take(10, set())] == [1, 2, 3] and again.last_seq == 3
+
+
+def test_volatile_state_dir_is_recognised():
+    tmpfs = "25 24 0:23 / /run rw,relatime - tmpfs tmpfs rw,size=100k\n1 0 8:2 / / rw - ext4 /dev/sda2 rw\n"
+    assert "tmpfs" in volatile_reason_in(tmpfs, Path("/run/boxtel/state"))
+    assert volatile_reason_in(tmpfs, Path("/var/lib/boxtel")) is None
+    pi_overlay = (
+        "1 0 0:30 / / rw - overlay overlayroot rw,lowerdir=/media/root-ro,upperdir=/media/root-rw/overlay\n"
+        "2 1 0:31 / /media/root-rw rw - tmpfs tmpfs-root rw\n"
+    )
+    assert "overlay kept in RAM" in volatile_reason_in(pi_overlay, Path("/var/lib/boxtel"))
+    docker = "1 0 0:30 / / rw - overlay overlay rw,lowerdir=/a,upperdir=/var/lib/docker/overlay2/x/diff\n"
+    assert volatile_reason_in(docker, Path("/var/lib/boxtel")) is None
