@@ -86,11 +86,12 @@ class Outbox:
         self._pending: list[tuple[int, int, str, str, float]] = []  # accepted, not yet committed
         self._acked: set[int] = set()  # delivered, deletion not yet committed
         self._volatile = volatile_reason(path.parent)
+        self._holds_file = True  # the memory copy holds everything the file held (after a disk failure)
         try:
             self._db = _open_file(path, max_bytes)
             self._durable = True
         except OutboxError as err:
-            self._db = _read_only_copy(path, max_bytes)
+            self._db, self._holds_file = _read_only_copy(path, max_bytes)
             self._durable = False
             self._fail(f"{err}; the outbox is kept in memory, not durable")
         self.last_seq = self._meta("seq")
@@ -215,8 +216,11 @@ class Outbox:
         self.commit()
         try:
             db = _open_file(self.path, self.max_bytes)
-            self._db.backup(db)
-            _configure(db, self.max_bytes)
+            if self._holds_file:
+                self._db.backup(db)  # memory is the whole truth, deliveries included
+                _configure(db, self.max_bytes)
+            else:
+                _merge_into(db, self._db)  # the file has rows memory never saw: keep them
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except (OutboxError, sqlite3.Error) as err:
             log.debug("outbox still not writable: %s", err)
@@ -224,6 +228,8 @@ class Outbox:
         self._db.close()
         self._db = db
         self._durable = True
+        self._holds_file = True
+        self._count = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         self.error = self._volatile
         log.warning("outbox %s is writable again: durable from now on", self.path)
         return True
@@ -305,6 +311,7 @@ class Outbox:
             mem = _open_memory(self._db, self.max_bytes)
         except sqlite3.Error:
             mem = _open_memory(None, self.max_bytes)  # unreadable too: what is on disk stays there
+            self._holds_file = False
         try:
             self._db.close()
         except sqlite3.Error:
@@ -437,7 +444,7 @@ def _open_memory(source: sqlite3.Connection | None, max_bytes: int) -> sqlite3.C
     return db
 
 
-def _read_only_copy(path: Path, max_bytes: int) -> sqlite3.Connection:
+def _read_only_copy(path: Path, max_bytes: int) -> tuple[sqlite3.Connection, bool]:
     """A read-only folder or file system: read what is there (seq, undelivered rows) into memory. A WAL
     database opens read-only only if its -shm can be used; `immutable` reads the main file regardless."""
     if path.exists():
@@ -446,12 +453,20 @@ def _read_only_copy(path: Path, max_bytes: int) -> sqlite3.Connection:
                 source = sqlite3.connect(f"file:{path}?mode={mode}", uri=True)
                 try:
                     source.execute("SELECT COUNT(*) FROM outbox").fetchone()
-                    return _open_memory(source, max_bytes)
+                    return _open_memory(source, max_bytes), True
                 finally:
                     source.close()
             except sqlite3.Error:
                 continue
-    return _open_memory(None, max_bytes)
+    return _open_memory(None, max_bytes), not path.exists()
+
+
+def _merge_into(db: sqlite3.Connection, mem: sqlite3.Connection) -> None:
+    rows = mem.execute("SELECT seq, prio, stream, payload, mono FROM outbox").fetchall()
+    with db:
+        db.executemany("INSERT OR IGNORE INTO outbox (seq, prio, stream, payload, mono) VALUES (?,?,?,?,?)", rows)
+        for key in ("seq", "dropped"):
+            _set_meta(db, key, max(_get_meta(db, key), _get_meta(mem, key)))
 
 
 def _configure(db: sqlite3.Connection, max_bytes: int) -> None:
