@@ -34,7 +34,7 @@ _AGENT_HEALTH_INTERVAL_S = 60.0  # health without a [host] section: agent figure
 _STOP_DELIVERY_S = 1.0  # on stop: time given to deliver what is pending before "offline"
 _REFUSED_RETRY_MIN_S = 30.0
 _REFUSED_RETRY_MAX_S = 3600.0
-_DISK_RETRY_S = 15.0  # outbox in memory after a disk failure: try the disk again this often
+_DISK_RETRY_S = 10.0  # outbox in memory after a disk failure: try the disk again this often
 
 
 @dataclass(frozen=True)
