@@ -281,8 +281,9 @@ class Agent:
         seq, prio = sent
         if item.error is None:
             self._refused.pop(seq, None)
+            # Deletions ride with the next commit (no disk write of their own, sparing the SD card);
+            # they count against the in-flight window until then, bounding duplicates after a crash.
             self.outbox.delivered(seq)
-            self._schedule_flush()
             if prio == HISTORY:
                 self.replay.acknowledged(time.monotonic())
         else:
