@@ -157,7 +157,7 @@ class Outbox:
         """Up to `limit` committed messages in delivery order, skipping those in `exclude`; of them at
         most `history_limit` history messages (None: no separate limit)."""
         skip = exclude | self._acked
-        if limit <= 0 or self._count - len(skip) <= 0:
+        if limit <= 0 or self._count <= 0:
             return []
         query = "SELECT seq, prio, stream, payload FROM outbox WHERE prio {} ORDER BY prio, seq LIMIT ?"
         rows = self._db.execute(query.format(f"< {HISTORY}"), (limit + len(skip),))
@@ -288,9 +288,12 @@ class Outbox:
         for prio in _DROP_ORDER:
             if len(victims) >= want:
                 break
-            victims += self._db.execute(
-                "SELECT seq, prio, stream FROM outbox WHERE prio = ? ORDER BY seq LIMIT ?", (prio, want - len(victims))
-            ).fetchall()
+            rows = self._db.execute(
+                "SELECT seq, prio, stream FROM outbox WHERE prio = ? ORDER BY seq LIMIT ?",
+                (prio, want - len(victims) + len(self._acked)),
+            )
+            # a message the broker already acknowledged is delivered, not dropped: its deletion is pending
+            victims += [row for row in rows if row[0] not in self._acked][: want - len(victims)]
         if not victims:
             return
         db = self._db

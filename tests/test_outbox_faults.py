@@ -15,6 +15,7 @@ import resource
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 from collections import Counter
 from datetime import datetime
@@ -22,7 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from agent.config import load
 from agent.outbox import EVENT, HISTORY, Outbox
+from agent.runtime import Agent
+from drivers import REGISTRY
+from tests.loadgen import DRIVER as LOAD_DRIVER
 from tests.loadgen import LoadAgent, load_config
 from tests.proxy import BLACKHOLE, CUT, PASS, LinkProxy
 from tests.support import wait_until
@@ -356,3 +361,47 @@ def test_state_dir_on_tmpfs_is_flagged(broker, make_config, subscribe, run_load)
         agent.terminate()
 
 
+
+
+# -- the wall clock jumps ----------------------------------------------------------------------------
+def test_wall_clock_jumps_of_years_while_offline_delete_and_reorder_nothing(
+        broker, proxy, make_config, subscribe, monkeypatch, tmp_path):
+    # In-process, so the test can move the agent's wall clock (a Pi without RTC boots in 1970 or
+    # jumps when NTP or GPS time arrives); the broker, the link and the outbox file are real.
+    monkeypatch.setitem(REGISTRY, "load", LOAD_DRIVER)
+    sub = subscribe(f"{BASE}/#")
+    config = load(make_config(broker, load_config({"mqtt": {"port": proxy.port},
+                                                   "outbox": {"history_interval_s": 0.2}}, events_per_s=5.0)))
+    agents: list[Agent] = []
+
+    def run() -> None:  # the outbox belongs to the thread that opens it
+        agents.append(Agent(config))
+        agents[0].run()
+
+    runner = threading.Thread(target=run, name="agent")
+    runner.start()
+    try:
+        sub.wait_for(EVENTS, lambda p: p["k"] >= 2)
+        agent = agents[0]
+        driver = next(d for d in agent.drivers if d.ctx.name == "load")
+        proxy.set_mode(CUT)
+        real_time = time.time
+        for years in (30, -30, 0):
+            monkeypatch.setattr(time, "time", lambda years=years: real_time() + years * 365.25 * 86400)
+            emitted = driver.events
+            wait_until(lambda emitted=emitted: driver.events >= emitted + 5, what="events while offline")
+        proxy.set_mode(PASS)
+        last = driver.events
+        sub.wait_for(EVENTS, lambda p: p["k"] >= last, timeout=20)
+    finally:
+        if agents:
+            agents[0].request_stop()
+        runner.join(timeout=15)
+    assert not runner.is_alive()
+    assert_nothing_lost(sub, tmp_path / "state")
+    years = {m.json["ts"][:4] for m in sub.on(EVENTS)}
+    assert len(years) >= 3  # the jumps happened: ts follows the wall clock...
+    assert strictly_increasing(first_arrivals(sub.on(EVENTS)))  # ...order and retention do not
+    assert strictly_increasing(first_arrivals(sub.on(HISTORY_LOAD)))
+    ks = [m.json["k"] for m in sub.on(EVENTS)]
+    assert sorted(set(ks)) == list(range(1, max(ks) + 1))
