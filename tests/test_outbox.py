@@ -191,3 +191,26 @@ def test_volatile_state_dir_is_recognised():
     assert "overlay kept in RAM" in volatile_reason_in(pi_overlay, Path("/var/lib/boxtel"))
     docker = "1 0 0:30 / / rw - overlay overlay rw,lowerdir=/a,upperdir=/var/lib/docker/overlay2/x/diff\n"
     assert volatile_reason_in(docker, Path("/var/lib/boxtel")) is None
+
+
+def test_agent_outbox_figures_are_safe_to_read_from_another_thread(tmp_path):
+    import threading
+
+    from agent.config import load
+    from agent.runtime import Agent
+    from tests.support import toml_dumps
+
+    config = tmp_path / "agent.toml"
+    config.write_text(toml_dumps({"box": {"id": "test-001", "state_dir": str(tmp_path / "state")},
+                                  "mqtt": {"host": "127.0.0.1", "port": 1}}))
+    agent = Agent(load(config))
+    agent.outbox.accept(EVENT, "events", {"kind": "door_opened"})
+    mine = agent.outbox_fields()
+    assert mine["outbox_depth"] == 1 and mine["outbox_bytes"] > 0 and mine["dropped"] == 0
+    assert mine["outbox_oldest_s"] is not None and mine["replay_rate"] == 0.0 and mine["outbox_error"] is None
+    seen = []
+    reader = threading.Thread(target=lambda: seen.append(agent.snapshot()["outbox_depth"]))
+    reader.start()
+    reader.join()
+    assert seen == [1]
+    agent.outbox.close()
