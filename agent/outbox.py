@@ -95,7 +95,8 @@ class Outbox:
             self._db, self._holds_file = _read_only_copy(path, max_bytes)
             self._durable = False
             self._fail(f"{err}; the outbox is kept in memory, not durable")
-        self.last_seq = self._meta("seq")
+        newest = self._db.execute("SELECT MAX(seq) FROM outbox").fetchone()[0] or 0
+        self.last_seq = max(self._meta("seq"), newest)
         self.dropped = self._meta("dropped")
         self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         if self._volatile and self.error is None:
@@ -138,9 +139,13 @@ class Outbox:
                     db.executemany(
                         "INSERT OR REPLACE INTO outbox (seq, prio, stream, payload, mono) VALUES (?,?,?,?,?)", pending
                     )
-                    _set_meta(db, "seq", self.last_seq)
                 if acked:
                     deleted = db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in acked]).rowcount
+                    if not pending:
+                        # The high-water mark is max(meta.seq, the newest row): a commit that adds rows
+                        # holds it in its newest row (acknowledged rows are always older), so only a
+                        # commit that just deletes writes it -- one page less per grouped commit.
+                        _set_meta(db, "seq", self.last_seq)
 
         self._write(write, needs_pages=sum(len(row[3]) for row in pending) // self._page_size() + 1)
         self._count += len(pending) - deleted
@@ -300,6 +305,7 @@ class Outbox:
         with db:
             db.executemany("DELETE FROM outbox WHERE seq = ?", [(v[0],) for v in victims])
             _set_meta(db, "dropped", self.dropped + len(victims))
+            _set_meta(db, "seq", self.last_seq - len(self._pending))  # the newest row may be among them
         self.dropped += len(victims)
         self._count -= len(victims)
         events = sum(1 for v in victims if v[1] == EVENT)

@@ -214,3 +214,22 @@ def test_agent_outbox_figures_are_safe_to_read_from_another_thread(tmp_path):
     reader.join()
     assert seen == [1]
     agent.outbox.close()
+
+
+def test_seq_high_water_mark_survives_every_kind_of_commit(tmp_path):
+    path = tmp_path / "outbox.db"
+    box = Outbox(path)
+    for _ in range(3):
+        box.accept(LIVE, "gps", {"n": 1})
+    box.commit()
+    for seq in (1, 2, 3):
+        box.delivered(seq)
+    box.accept(LIVE, "gps", {"n": 2})
+    box.commit()  # adds 4, deletes 1-3
+    box._db.close()  # a crash: no close(), no final commit
+    box = Outbox(path)
+    assert box.last_seq == 4
+    box.delivered(4)
+    box.commit()  # deletes the newest row: the mark must be kept elsewhere
+    box._db.close()
+    assert Outbox(path).accept(EVENT, "events", {"kind": "x"}) == 5
