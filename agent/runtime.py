@@ -174,7 +174,8 @@ class Agent:
         link = "online" if self.publisher.connected else f"offline ({self.publisher.last_error or 'connecting'})"
         alarms = sorted(a for d in self.drivers for a in d.ctx.active_alarms())
         return (
-            f"{link}; outbox {self.outbox.depth} pending; clock {self.clock.source()}; "
+            f"{link}; outbox {self.outbox.depth} pending{'' if self.outbox.durable else ' IN MEMORY'}; "
+            f"clock {self.clock.source()}; "
             f"alarms: {', '.join(alarms) or 'none'}"
         )
 

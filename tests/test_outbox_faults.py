@@ -81,7 +81,8 @@ def outbox_rows(state_dir: Path) -> tuple[dict[int, tuple[int, str]], int, int]:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
         db.close()
-    return rows, meta.get("seq", 0), meta.get("dropped", 0)
+    # the high-water mark: the newest row, or meta when a commit deleted it (see Outbox.commit)
+    return rows, max([meta.get("seq", 0), *rows]), meta.get("dropped", 0)
 
 
 def delivered(sub) -> dict[int, set[bytes]]:
