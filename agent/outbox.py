@@ -102,8 +102,9 @@ class Outbox:
         if self._volatile and self.error is None:
             self.error = self._volatile
             log.warning("%s", self._volatile)
+        self._boot_seq = 0
         if self._durable:
-            self._rebase_after_reboot()
+            self._note_boot()
 
     @property
     def durable(self) -> bool:
@@ -203,7 +204,7 @@ class Outbox:
         rows = self._db.execute("SELECT seq, mono FROM outbox ORDER BY seq LIMIT ?", (len(self._acked) + 1,))
         for seq, mono in rows:
             if seq not in self._acked:
-                return max(0.0, now - mono)
+                return max(0.0, now - (0.0 if seq <= self._boot_seq else mono))
         if self._pending:
             return max(0.0, now - self._pending[0][4])
         return None
@@ -339,18 +340,22 @@ class Outbox:
         self.error = message
         log.error("%s", message)
 
-    def _rebase_after_reboot(self) -> None:
-        """Monotonic times from an earlier boot mean nothing now: count those rows from this boot."""
+    def _note_boot(self) -> None:
+        """Monotonic times from an earlier boot mean nothing now: rows up to `boot_seq` count from this
+        boot (noted once per boot, rather than rewriting every row)."""
+        self._boot_seq = self._meta("boot_seq")
         boot = _boot_number()
         if boot is None or boot == self._meta("boot"):
             return
+        seq = self.last_seq
 
         def write(db: sqlite3.Connection) -> None:
             with db:
-                db.execute("UPDATE outbox SET mono = 0")
                 _set_meta(db, "boot", boot)
+                _set_meta(db, "boot_seq", seq)
 
         self._write(write)
+        self._boot_seq = seq
 
     def _cap_bytes(self) -> int:
         return self.max_bytes if self._durable else min(self.max_bytes, MEMORY_MAX_BYTES)

@@ -233,3 +233,20 @@ def test_seq_high_water_mark_survives_every_kind_of_commit(tmp_path):
     box.commit()  # deletes the newest row: the mark must be kept elsewhere
     box._db.close()
     assert Outbox(path).accept(EVENT, "events", {"kind": "x"}) == 5
+
+
+def test_after_a_reboot_queued_messages_count_their_age_from_the_boot(tmp_path):
+    path = tmp_path / "outbox.db"
+    box = Outbox(path)
+    box.accept(EVENT, "events", {"kind": "x"})
+    # as if accepted in an earlier boot, whose monotonic clock had run far longer than this one's
+    with box._db:
+        box._db.execute("UPDATE outbox SET mono = ?", (time.monotonic() + 10**7,))
+        box._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'boot'")
+    box.close()
+    again = Outbox(path)
+    assert 0 < again.oldest_age_s() <= time.monotonic() + 1  # not negative, not from the old boot
+    again.accept(EVENT, "events", {"kind": "y"})
+    again.delivered(1)
+    again.commit()
+    assert again.oldest_age_s() < 5  # a message of this boot keeps its own age
