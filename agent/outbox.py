@@ -105,6 +105,9 @@ class Outbox:
         self._boot_seq = 0
         if self._durable:
             self._note_boot()
+        self._oldest_mono: float | None = None
+        self._bytes_in_use = 0
+        self._refresh_figures()
 
     @property
     def durable(self) -> bool:
@@ -157,6 +160,7 @@ class Outbox:
                 self._trim()
             except sqlite3.Error as err:
                 self._on_write_error(err)
+        self._refresh_figures()
 
     # -- delivering --------------------------------------------------------------------------------
     def take(self, limit: int, exclude: set[int], history_limit: int | None = None) -> list[Message]:
@@ -197,21 +201,31 @@ class Outbox:
         """Messages accepted and not yet acknowledged (committed or not)."""
         return self._count + len(self._pending) - len(self._acked)
 
+    # The figures below are plain attributes kept by the core's thread at each commit, so diagnostics
+    # may read them from its own thread (a SQLite connection belongs to the thread that opened it).
     def oldest_age_s(self, now: float | None = None) -> float | None:
-        """Seconds since the oldest undelivered message was accepted (monotonic clock; rows from before
-        a reboot count from the boot, as a Pi without a real-time clock cannot know how long it was off)."""
+        """Seconds since the oldest undelivered message was accepted, as of the last commit (monotonic
+        clock; rows from before a reboot count from the boot, as a Pi without a real-time clock cannot
+        know how long it was off)."""
         now = time.monotonic() if now is None else now
-        rows = self._db.execute("SELECT seq, mono FROM outbox ORDER BY seq LIMIT ?", (len(self._acked) + 1,))
-        for seq, mono in rows:
-            if seq not in self._acked:
-                return max(0.0, now - (0.0 if seq <= self._boot_seq else mono))
-        if self._pending:
-            return max(0.0, now - self._pending[0][4])
-        return None
+        oldest = self._oldest_mono
+        if oldest is not None:
+            return max(0.0, now - oldest)
+        pending = self._pending[:1]
+        return max(0.0, now - pending[0][4]) if pending else None
 
     @property
     def bytes(self) -> int:
-        """Bytes of database pages in use (free pages are reused, so the file may be larger)."""
+        """Bytes of database pages in use, as of the last commit (free pages are reused, so the file
+        may be larger)."""
+        return self._bytes_in_use
+
+    def _refresh_figures(self) -> None:
+        row = self._db.execute("SELECT seq, mono FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        self._oldest_mono = None if row is None else (0.0 if row[0] <= self._boot_seq else row[1])
+        self._bytes_in_use = self._used_bytes()
+
+    def _used_bytes(self) -> int:
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
         free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
         return (pages - free) * self._page_size()
@@ -238,6 +252,7 @@ class Outbox:
         self._holds_file = True
         self._count = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         self.error = self._volatile
+        self._refresh_figures()
         log.warning("outbox %s is writable again: durable from now on", self.path)
         return True
 
@@ -280,14 +295,14 @@ class Outbox:
         pages = self._db.execute("PRAGMA page_count").fetchone()[0]
         if pages < limit - headroom:
             return  # cheap case: the file has not even reached the mark
-        used = self.bytes // self._page_size()
+        used = self._used_bytes() // self._page_size()
         if used > limit - headroom:
             self._make_room(used - (limit - headroom))
 
     def _make_room(self, pages: int) -> None:
         """Drop the oldest messages (history first, events last) worth about `pages` pages."""
         page_size = self._page_size()
-        used = max(1, self.bytes // page_size)
+        used = max(1, self._used_bytes() // page_size)
         rows_per_page = max(1.0, self._count / used)
         want = max(1, int(pages * rows_per_page * 1.2) + 1)
         victims: list[tuple[int, int, str]] = []
@@ -313,7 +328,7 @@ class Outbox:
         log.warning(
             "outbox full (max %.1f MB): dropped %d oldest message(s), seq %d..%d%s; %d dropped in all",
             self._cap_bytes() / 2**20, len(victims), min(v[0] for v in victims), max(v[0] for v in victims),
-            f", {events} of them events" if events else " (history)", self.dropped,
+            f", {events} of them events" if events else " (readings)", self.dropped,
         )
 
     def _to_memory(self, err: sqlite3.Error) -> None:

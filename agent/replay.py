@@ -56,9 +56,9 @@ class ReplayPacer:
             self._expire(second)
 
     def rate(self, now: float) -> float:
-        """History messages acknowledged per second, over the last few seconds."""
-        self._expire(int(now))
-        return sum(count for _, count in self._acked) / _RATE_WINDOW_S
+        """History messages acknowledged per second, over the last few seconds (any thread may ask)."""
+        recent = list(self._acked)  # one C-level copy: the core may append meanwhile
+        return sum(count for second, count in recent if second > int(now) - _RATE_WINDOW_S) / _RATE_WINDOW_S
 
     def _expire(self, second: int) -> None:
         while self._acked and self._acked[0][0] <= second - _RATE_WINDOW_S:

@@ -74,9 +74,6 @@ class Agent:
         self._inflight: dict[tuple[int, int], tuple[int, int]] = {}  # (session, mid) -> (seq, prio)
         self.replay = ReplayPacer(config.outbox.replay_rate, config.mqtt.inflight)
         self._disk_retry_at: float | None = None
-        self._outbox_thread = threading.get_ident()  # SQLite: only the thread that opened it may use it
-        self._outbox_figures: dict[str, Any] = {}
-        self._outbox_figures_at = 0.0
         self._refused: dict[int, tuple[float, float]] = {}  # seq -> (retry at, current delay)
         self._flush_at: float | None = None
         self._health_at: float | None = None
@@ -225,8 +222,6 @@ class Agent:
             elif now >= self._disk_retry_at:
                 self._disk_retry_at = None if self.outbox.retry_disk() else now + _DISK_RETRY_S
         self._fill_window()
-        if now - self._outbox_figures_at >= 1.0:
-            self.outbox_fields()  # fresh figures for diagnostics, which asks from its own thread
 
     def _sleep_s(self) -> float:
         deadlines = [t.next_due() for t in self.throttles.values()]
@@ -388,13 +383,10 @@ class Agent:
         return fields
 
     def outbox_fields(self) -> dict[str, Any]:
-        """The outbox's health figures; from another thread, the ones the core computed last."""
-        if threading.get_ident() != self._outbox_thread:
-            return dict(self._outbox_figures)
+        """The outbox's health figures (safe to read from any thread)."""
         now = time.monotonic()
         oldest = self.outbox.oldest_age_s(now)
-        self._outbox_figures_at = now
-        self._outbox_figures = {
+        return {
             "outbox_depth": self.outbox.depth,
             "outbox_oldest_s": None if oldest is None else round(oldest, 1),
             "outbox_bytes": self.outbox.bytes,
@@ -402,7 +394,6 @@ class Agent:
             "dropped": self.outbox.dropped,
             "replay_rate": round(self.replay.rate(now), 1),
         }
-        return dict(self._outbox_figures)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a technician needs to see, for local diagnostics."""

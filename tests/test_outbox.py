@@ -136,6 +136,7 @@ def test_oldest_age_follows_the_monotonic_clock(tmp_path, monkeypatch):
     now = time.monotonic()
     assert 0 <= box.oldest_age_s(now + 100) - 100 < 5
     box.delivered(1)
+    box.commit()
     assert box.oldest_age_s() is None
 
 
@@ -250,3 +251,22 @@ def test_after_a_reboot_queued_messages_count_their_age_from_the_boot(tmp_path):
     again.delivered(1)
     again.commit()
     assert again.oldest_age_s() < 5  # a message of this boot keeps its own age
+
+
+def test_replay_pacer_keeps_slots_for_live_traffic_and_keeps_the_rate():
+    from agent.replay import ReplayPacer
+
+    unlimited = ReplayPacer(0.0, 20)
+    assert unlimited.allowance(0.0, 0) == 15 and unlimited.allowance(0.0, 15) == 0  # 5 slots never history
+    paced = ReplayPacer(100.0, 20)
+    sent = 0
+    for step in range(1000):  # 10 s in steps of 10 ms
+        for _ in range(paced.allowance(step * 0.01, 0)):
+            paced.sent()
+            sent += 1
+    assert 990 <= sent <= 1010
+    assert paced.next_at() is not None
+    for second in range(10):
+        for _ in range(50):
+            paced.acknowledged(100.0 + second)
+    assert paced.rate(109.5) == 50.0 and paced.rate(130.0) == 0.0
