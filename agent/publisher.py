@@ -328,6 +328,9 @@ class Publisher:
             self._record_error(f"broker refused the connection: {reason_code}")
             self.connect_failures += 1
             return
+        # The birth is queued before `connected` lets the core publish: nothing of a session may reach
+        # the broker ahead of its birth.
+        client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
         with self._client_lock:
             self.connected = True
         self.connected_since = time.monotonic()
@@ -335,7 +338,6 @@ class Publisher:
         if self.connects > 1:
             self.reconnects += 1
         log.info("connected to %s:%d (session %d)", self.settings.host, self.settings.effective_port, session)
-        client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
         client.subscribe(self.status_topic, qos=1)
         self._notify(Connected(session))
 

@@ -74,6 +74,7 @@ class Agent:
         self._inflight: dict[tuple[int, int], tuple[int, int]] = {}  # (session, mid) -> (seq, prio)
         self.replay = ReplayPacer(config.outbox.replay_rate, config.mqtt.inflight)
         self._disk_retry_at: float | None = None
+        self._ready_session: int | None = None  # the session whose current state went out first
         self._refused: dict[int, tuple[float, float]] = {}  # seq -> (retry at, current delay)
         self._flush_at: float | None = None
         self._health_at: float | None = None
@@ -197,6 +198,7 @@ class Agent:
         elif isinstance(item, Delivered):
             self._on_delivered(item)
         elif isinstance(item, Connected):
+            self._ready_session = item.session
             self._on_connected()
         elif isinstance(item, Disconnected):
             self._on_disconnected(item)
@@ -288,7 +290,8 @@ class Agent:
 
     # -- delivery ----------------------------------------------------------------------------------
     def _fill_window(self) -> None:
-        if not self.publisher.connected:
+        # Not before the core has taken Connected: the current state goes ahead of queued history.
+        if not self.publisher.connected or self._ready_session != self.publisher.session:
             return
         window = self.config.mqtt.inflight
         if self.outbox.unsaved_acks and len(self._inflight) + self.outbox.unsaved_acks >= window:
