@@ -27,9 +27,8 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 log = logging.getLogger("boxtel.outbox")
 
@@ -56,8 +55,7 @@ CREATE INDEX IF NOT EXISTS outbox_order ON outbox (prio, seq);
 """
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):  # a tuple: taking 100 000 of them in a replay stays cheap
     seq: int
     prio: int
     stream: str  # "gps", "locker/armory-1", ... or "events"
@@ -169,17 +167,22 @@ class Outbox:
         skip = exclude | self._acked
         if limit <= 0 or self._count <= 0:
             return []
-        query = "SELECT seq, prio, stream, payload FROM outbox WHERE prio {} ORDER BY prio, seq LIMIT ?"
-        rows = self._db.execute(query.format(f"< {HISTORY}"), (limit + len(skip),))
-        taken = [Message(*row) for row in rows if row[0] not in skip][:limit]
-        history = limit - len(taken) if history_limit is None else min(limit - len(taken), history_limit)
-        if history > 0:
-            rows = self._db.execute(query.format(f"= {HISTORY}"), (history + len(skip),))
-            taken += [Message(*row) for row in rows if row[0] not in skip][:history]
+        history_room = limit if history_limit is None else history_limit
+        taken: list[Message] = []
+        rows = self._db.execute(
+            "SELECT seq, prio, stream, payload FROM outbox ORDER BY prio, seq LIMIT ?", (limit + len(skip),)
+        )
+        for row in rows:  # live, events, then history: one pass, in delivery order
+            if row[0] in skip:
+                continue
+            if row[1] == HISTORY:
+                if history_room <= 0:
+                    break
+                history_room -= 1
+            taken.append(Message._make(row))
+            if len(taken) == limit:
+                break
         return taken
-
-    def has_history(self) -> bool:
-        return self._db.execute(f"SELECT 1 FROM outbox WHERE prio = {HISTORY} LIMIT 1").fetchone() is not None
 
     def delivered(self, seq: int) -> None:
         """The broker acknowledged `seq`; it is deleted at the next commit."""
