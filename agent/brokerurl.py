@@ -1,0 +1,109 @@
+"""The broker a fleet-side command talks to: `--broker mqtt://host:port` or `mqtts://host:port`.
+
+Shared by `boxtel fleet` and `boxtel simulate-fleet`. Without `--broker`, the host, port, TLS and CA of
+the config's `[mqtt]` section are used when a config file exists, else mqtt://127.0.0.1:1883. A box's
+credentials are never borrowed: the broker binds them to that box (and its ACL would hide the rest of
+the fleet anyway), so a console logs in with `--username` / `--password-file` of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import ssl
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+
+from agent.config import DEFAULT_PATH
+from agent.errors import ConfigError, UsageError
+from agent.secretfile import read_secret
+
+_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+@dataclass
+class BrokerTarget:
+    host: str
+    port: int
+    tls: bool
+    ca_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    prefix: str = "boxtel"
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def configure(self, client: mqtt.Client) -> None:
+        """Credentials and TLS on a paho client (TLS always verifies: no insecure mode here)."""
+        if self.username is not None:
+            client.username_pw_set(self.username, self.password)
+        if self.tls:
+            try:
+                client.tls_set_context(ssl.create_default_context(cafile=self.ca_file))
+            except (ssl.SSLError, OSError) as err:
+                raise ConfigError(f"cannot load CA file {self.ca_file}: {err}", key="--ca") from None
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """`mqtt://host[:port]` or `mqtts://host[:port]` -> (host, port, tls); UsageError (64) otherwise."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as err:
+        raise UsageError(f"--broker {url!r}: {err}") from None
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise UsageError(f"--broker {url!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise UsageError(
+            f"--broker {url!r}: only scheme, host and port belong in the URL "
+            "(credentials go in --username / --password-file)"
+        )
+    return parts.hostname, port or _DEFAULT_PORTS[parts.scheme], parts.scheme == "mqtts"
+
+
+def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", metavar="URL",
+                        help="mqtt://HOST:PORT or mqtts://HOST:PORT (default: the config's [mqtt], "
+                             "else mqtt://127.0.0.1:1883)")
+    parser.add_argument("--ca", metavar="FILE", help="CA bundle for mqtts (default: the system's CAs)")
+    parser.add_argument("--username", metavar="NAME", help="MQTT username")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help="file holding the MQTT password (mode 0600, owned by you)")
+    parser.add_argument("--prefix", metavar="TOPIC", help="topic prefix (default: the config's, else boxtel)")
+
+
+def broker_target(args: argparse.Namespace) -> BrokerTarget:
+    """Resolve the broker from the command line, then the config, then the defaults."""
+    target = BrokerTarget("127.0.0.1", 1883, False)
+    config_path = getattr(args, "config", DEFAULT_PATH)
+    explicit_config = config_path != DEFAULT_PATH
+    if args.broker is None and (explicit_config or os.path.exists(config_path)):
+        from agent.config import load
+
+        mqtt_settings = load(config_path).mqtt
+        target = BrokerTarget(
+            mqtt_settings.host, mqtt_settings.effective_port, mqtt_settings.tls,
+            ca_file=mqtt_settings.ca_file or None, prefix=mqtt_settings.topic_prefix,
+        )
+    elif args.broker is not None:
+        host, port, tls = parse_broker_url(args.broker)
+        target = BrokerTarget(host, port, tls)
+    if args.ca:
+        if not os.path.isfile(args.ca):
+            raise UsageError(f"--ca {args.ca}: no such file")
+        target.ca_file = args.ca
+    if args.username is not None:
+        target.username = args.username
+    if args.password_file:
+        if args.username is None:
+            raise UsageError("--password-file needs --username")
+        target.password = read_secret(args.password_file, file="", key="--password-file")
+    if args.prefix is not None:
+        if not args.prefix or any(c in args.prefix for c in "+#") or args.prefix.strip("/") != args.prefix:
+            raise UsageError(f"--prefix {args.prefix!r}: a topic without wildcards or leading/trailing '/'")
+        target.prefix = args.prefix
+    return target
