@@ -137,6 +137,7 @@ class SimBox:
         self.skipped = 0
         self.dropped = 0
         self.reconnects = 0
+        self.replayed = 0  # buffered messages sent after a rejoin
         self.backlog: list[tuple[str, dict]] = []
         self.offline_until: float | None = None
         self.boot_mono = time.monotonic()
@@ -207,6 +208,7 @@ class SimBox:
         for stream in self.streams:
             self.emit(stream, self.values(stream))
         backlog, self.backlog = self.backlog, []
+        self.replayed += len(backlog)
         for stream, payload in backlog:
             topic = stream if stream == "events" else f"history/{stream}"
             self._publish_raw(topic, json.dumps(payload, separators=(",", ":")), retain=False)
