@@ -44,13 +44,14 @@ _EARTH_M_PER_DEG = 111_320.0
 class FleetSim:
     def __init__(self, target: BrokerTarget, boxes: int, *, rate: float = 0.2, seed: int = 1,
                  id_prefix: str = "sim", scenarios: bool = True, workers: int | None = None,
-                 keepalive_s: int = 60):
+                 keepalive_s: int = 60, protocol: str = "5"):
         """`rate`: messages per second per box. `scenarios=False`: only periodic readings, no random
         events, outages or gaps (the tests then act through `call()`)."""
         self.target = target
         self.rate = rate
         self.scenarios = scenarios
         self.keepalive_s = keepalive_s
+        self.protocol = mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311
         self.boxes = [SimBox(self, i, random.Random(seed * 1_000_003 + i), f"{id_prefix}-{i + 1:04d}")
                       for i in range(boxes)]
         self.by_id = {box.id: box for box in self.boxes}
@@ -70,9 +71,10 @@ class FleetSim:
             worker.join(timeout_s)
 
     def wait_connected(self, timeout_s: float = 30.0) -> bool:
+        """True once every box has been connected (flaky ones may be off again already)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if all(box.connected for box in self.boxes):
+            if all(box.sessions_up for box in self.boxes):
                 return True
             if any(worker.error for worker in self.workers):
                 return False
@@ -131,6 +133,7 @@ class SimBox:
         self.base_topic = f"{sim.target.prefix}/{box_id}"
         self.client: mqtt.Client | None = None
         self.connected = False
+        self.sessions_up = 0  # connections the broker accepted
         self.session = 0
         self.seq = 0
         self.sent = 0
@@ -177,7 +180,7 @@ class SimBox:
         client = self.client
         if client is None:
             client = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.id,
-                                               protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+                                               protocol=self.sim.protocol, reconnect_on_failure=False)
             self.sim.target.configure(client)
             if self.sim.target.username is None:
                 client.username_pw_set(self.id)  # the documented ACL binds the username to the box
@@ -201,6 +204,7 @@ class SimBox:
             return
         if self.session > 1:
             self.reconnects += 1
+        self.sessions_up += 1
         self.connected = True
         self.offline_until = None
         self._publish_raw("status", self._status("online"), retain=True)

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         console.stop()
         _quiet_stdout()
+    print(console.summary_line(), file=sys.stderr)
     return 0
 
 
@@ -83,10 +84,17 @@ class FleetConsole:
         self.problem: str | None = None
         self._ready = threading.Event()
         self._refusal: str | None = None
+        self.live_messages = 0  # not retained: sent while we listened
+        self.first_mono: float | None = None  # of the first and the last live message
+        self.last_mono: float | None = None
+        # MQTT 3.1.1: the console only subscribes, and a refused subscription shows in 3.1.1's SUBACK
+        # too; paho parses a v5 property block for every incoming message, a third of its cost per
+        # message (bench/fleet.py). The boxes' own publishes stay MQTT 5.
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"boxtel-fleet-{socket.gethostname()}-{os.getpid()}"[:64],
-            protocol=mqtt.MQTTv5,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
         )
         target.configure(self.client)
         self.client.on_connect = self._on_connect
@@ -140,8 +148,24 @@ class FleetConsole:
             self.model.resync()
 
     def _on_message(self, client, userdata, message) -> None:
+        now = time.monotonic()
+        retained = message.retain
         with self.lock:
-            self.model.ingest(message.topic, message.payload, message.retain)
+            self.model.ingest(message.topic, message.payload, retained, now=now)
+        if not retained:
+            self.live_messages += 1
+            if self.first_mono is None:
+                self.first_mono = now
+            self.last_mono = now
+
+    def summary_line(self) -> str:
+        with self.lock:
+            self.model.settle()
+            summary = self.model.summary()
+        span = (self.last_mono or 0.0) - (self.first_mono or 0.0)
+        rate = f", {self.live_messages / span:.0f} msg/s from the first to the last" if span > 0 else ""
+        return (f"boxtel fleet: {summary['messages']} messages from {summary['boxes']} boxes "
+                f"({self.live_messages} live{rate}); seq lost {summary['seq_lost']}, pending {summary['seq_pending']}")
 
 
 # -- --json ------------------------------------------------------------------------------------------
