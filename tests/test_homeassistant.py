@@ -187,3 +187,19 @@ def test_a_broker_refusing_discovery_is_reported_and_the_agent_carries_on(make_b
     wait_until(lambda: "refused Home Assistant discovery" in agent.log(), what="the refusal in the log")
     assert agent.alive()
     assert agent.terminate() == 0
+
+
+def test_the_documented_acl_lets_a_box_announce_only_itself(make_broker, make_config, run_agent):
+    from tests.support import Subscriber
+
+    acl = "pattern readwrite boxtel/%u/#\npattern write homeassistant/+/%u/+/config\n" \
+          "user homeassistant\ntopic read boxtel/#\ntopic readwrite homeassistant/#\n"
+    broker = make_broker(acl=acl)
+    ha = Subscriber(broker.port, "homeassistant/#", username="homeassistant")
+    try:
+        agent = run_agent(make_config(broker, {"homeassistant": {"enabled": True}}))
+        wait_until(lambda: len(ha.on("homeassistant/#")) == len(agent_entities(BOX)), what="the agent's configs")
+        assert {m.topic.split("/")[2] for m in ha.on("homeassistant/#")} == {"test-001"}
+        assert "refused" not in agent.log()
+    finally:
+        ha.close()
