@@ -31,7 +31,6 @@ from agent.fleet import SETTLE_S, BoxView, FleetModel
 HELP = "live table of every box on the broker (read-only)"
 
 _CONNECT_TIMEOUT_S = 10.0
-_JSON_FLUSH_S = 0.25  # --json: changes are coalesced per box over this long
 # Fields that change with every message; a row is re-printed for a real change, not for these.
 _VOLATILE = ("last_seen", "seq_last", "seq_received")
 
@@ -43,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="subscription QoS (default 1: the broker may not drop messages to the console)")
     parser.add_argument("--for", dest="for_s", type=float, metavar="SECONDS", help="stop after SECONDS")
     parser.add_argument("--refresh", type=float, default=1.0, metavar="SECONDS",
-                        help="redraw interval of the table (default 1)")
+                        help="redraw interval of the table; with --json, how long a box's changes are "
+                             "coalesced into one line (default 1)")
     parser.add_argument("--settle", type=float, default=SETTLE_S, metavar="SECONDS",
                         help=f"a seq gap is lost once this old, unless filled (default {SETTLE_S:g})")
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     console.start()
     try:
         if args.json:
-            _run_json(console, stop, args.for_s, sys.stdout)
+            _run_json(console, stop, args.for_s, args.refresh, sys.stdout)
         else:
             _run_table(console, stop, args.for_s, args.refresh, sys.stdout)
     except (KeyboardInterrupt, BrokenPipeError):
@@ -169,11 +169,12 @@ class FleetConsole:
 
 
 # -- --json ------------------------------------------------------------------------------------------
-def _run_json(console: FleetConsole, stop: threading.Event, for_s: float | None, out: TextIO) -> None:
+def _run_json(console: FleetConsole, stop: threading.Event, for_s: float | None, flush_s: float,
+              out: TextIO) -> None:
     deadline = None if for_s is None else time.monotonic() + for_s
     printed: dict[str, dict[str, Any]] = {}
     while True:
-        finished = stop.wait(_wait_s(_JSON_FLUSH_S, deadline))
+        finished = stop.wait(_wait_s(flush_s, deadline))
         with console.lock:
             console.model.settle()
             rows = [view.row() for view in console.model.take_changed()]
