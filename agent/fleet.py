@@ -124,6 +124,7 @@ class BoxView:
     dropped_base: int | None = None
     clock_source: str | None = None
     last_event: str | None = None
+    seq_last: int | None = None  # the last seq received live (survives a resync)
     events: int = 0
     seq_resets: int = 0
     stale_wills: int = 0
@@ -163,7 +164,7 @@ class BoxView:
             "dropped": self.dropped,
             "clock_source": self.clock_source,
             "last_event": self.last_event,
-            "seq_last": seq.top,
+            "seq_last": self.seq_last,
             "seq_received": seq.received,
             "seq_pending": len(seq.pending),
             "seq_lost": self.seq_lost,
@@ -223,6 +224,7 @@ class FleetModel:
         seq = data.get("seq")
         if not retained and type(seq) is int:
             view.seq.add(seq, now)
+            view.seq_last = seq
         if stream == "events":
             view.events += 1
             kind = data.get("kind")

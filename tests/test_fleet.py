@@ -276,3 +276,15 @@ def test_password_file_readable_by_others_is_refused(tmp_path):
     result = boxtel("fleet", "--broker", "mqtt://127.0.0.1:1", "--username", "ops", "--password-file", str(secret))
     assert result.returncode == 78
     assert "0644" in result.stderr and "hunter2" not in result.stderr
+
+
+def test_console_rides_out_a_broker_restart_without_counting_its_own_outage_as_losses(broker, start_sim, console):
+    start_sim(2, rate=20.0, scenarios=False)
+    fleet = console("--settle", "0.5", "--refresh", "0.2")
+    before = fleet.wait_row("sim-0001", lambda r: r["seq_received"] > 5, "live messages")
+    broker.restart()  # same port: boxes and console reconnect on their own
+    row = fleet.wait_row("sim-0001", lambda r: r["seq_last"] > before["seq_last"] + 20, "messages after the restart",
+                         timeout=30)
+    assert row["state"] == "online" and row["seq_lost"] == 0
+    assert fleet.close() == 0
+    assert "seq lost 0" in fleet.process.stderr.read()

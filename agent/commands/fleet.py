@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -31,6 +32,8 @@ from agent.fleet import SETTLE_S, BoxView, FleetModel
 HELP = "live table of every box on the broker (read-only)"
 
 _CONNECT_TIMEOUT_S = 10.0
+_KEEPALIVE_S = 30
+_READ_AHEAD_BYTES = 1 << 16
 # Fields that change with every message; a row is re-printed for a real change, not for these.
 _VOLATILE = ("last_seen", "seq_last", "seq_received")
 
@@ -90,39 +93,81 @@ class FleetConsole:
         # MQTT 3.1.1: the console only subscribes, and a refused subscription shows in 3.1.1's SUBACK
         # too; paho parses a v5 property block for every incoming message, a third of its cost per
         # message (bench/fleet.py). The boxes' own publishes stay MQTT 5.
-        self.client = mqtt.Client(
+        self.client = _ReadAheadClient(
             CallbackAPIVersion.VERSION2,
             client_id=f"boxtel-fleet-{socket.gethostname()}-{os.getpid()}"[:64],
             protocol=mqtt.MQTTv311,
             clean_session=True,
+            reconnect_on_failure=False,
         )
         target.configure(self.client)
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(1, 30)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._network, name="fleet-mqtt", daemon=True)
 
     def start(self) -> None:
         """Connect and subscribe, or raise UnavailableError (exit 69) naming the broker and why."""
         try:
-            self.client.connect(self.target.host, self.target.port, keepalive=30)
+            self.client.connect(self.target.host, self.target.port, keepalive=_KEEPALIVE_S)
         except ssl.SSLCertVerificationError as err:
             raise UnavailableError(f"{self.target.url}: TLS certificate not trusted ({err.verify_message})") from None
         except (OSError, ssl.SSLError) as err:
             raise UnavailableError(f"cannot connect to {self.target.url}: {err.strerror or err}") from None
-        self.client.loop_start()
+        self._thread.start()
         if not self._ready.wait(_CONNECT_TIMEOUT_S) or self._refusal:
-            self.client.disconnect()
-            self.client.loop_stop()
+            self.stop()
             why = self._refusal or f"no answer within {_CONNECT_TIMEOUT_S:g} s"
             raise UnavailableError(f"{self.target.url}: {why}")
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        else:
+            self.client.disconnect()
 
-    # paho's thread: hand over and return
+    def _network(self) -> None:
+        """paho's external loop, so that the read-ahead is drained before waiting in select() (paho's
+        own loop would sleep on a socket whose data already sits in our buffer), and without the
+        wake-up socket pair paho's threaded loop writes to for every PUBACK."""
+        client = self.client
+        next_misc = time.monotonic() + 1.0
+        delay_s = 1.0
+        while not self._stopping.is_set():
+            sock = client.socket()
+            if sock is None:
+                if self._stopping.wait(delay_s):
+                    break
+                delay_s = min(delay_s * 2, 30.0)
+                try:
+                    client.reconnect()
+                    delay_s = 1.0
+                except (OSError, ssl.SSLError) as err:
+                    self.problem = f"cannot reconnect to {self.target.url}: {getattr(err, 'strerror', None) or err}"
+                continue
+            if client.read_ahead or self._wait_readable(sock):
+                client.loop_read()
+                while client.read_ahead and client.socket() is not None:
+                    client.loop_read()
+            now = time.monotonic()
+            if now >= next_misc and client.socket() is not None:
+                client.loop_misc()  # keep-alive pings
+                next_misc = now + 1.0
+        if client.socket() is not None:
+            client.disconnect()
+
+    def _wait_readable(self, sock: Any) -> bool:
+        """Wait (briefly, so stop and keep-alive stay responsive) for data; write what paho could not."""
+        wanted = [sock] if self.client.want_write() else []
+        readable, writable, _ = select.select([sock], wanted, [], 0.5)
+        if writable:
+            self.client.loop_write()
+        return bool(readable)
+
+    # paho's callbacks, on the network thread
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._refusal = f"broker refused the connection: {reason_code}"
@@ -318,3 +363,31 @@ def _quiet_stdout() -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class _ReadAheadClient(mqtt.Client):
+    """paho reads each packet with three to five recv() calls (type, every length byte, body); at
+    thousands of messages a second those system calls are a large share of the console's time
+    (bench/fleet.py). This reads up to 64 KiB at once and serves paho's reads from it."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._ahead = b""
+        self._ahead_pos = 0
+
+    @property
+    def read_ahead(self) -> int:
+        """Bytes already read from the socket and not yet parsed by paho."""
+        return len(self._ahead) - self._ahead_pos
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        self._ahead, self._ahead_pos = b"", 0  # bytes of a dead connection must not reach the new one
+        return super().reconnect()
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._ahead_pos >= len(self._ahead):
+            self._ahead = super()._sock_recv(_READ_AHEAD_BYTES)  # b"" at EOF; raises when nothing is there
+            self._ahead_pos = 0
+        start = self._ahead_pos
+        self._ahead_pos = min(start + bufsize, len(self._ahead))
+        return self._ahead[start:self._ahead_pos]
