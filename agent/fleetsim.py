@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import __version__
-from agent.brokerurl import BrokerTarget
+from agent.brokerurl import BrokerTarget, ReadAheadClient
 from agent.fleet import iso_utc
 
 SITES = ("Kandahar North", "Gao East", "Bunia", "Bor", "Mopti", "Goma Lake", "Kidal", "Malakal")
@@ -179,8 +179,8 @@ class SimBox:
         self.session += 1
         client = self.client
         if client is None:
-            client = self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.id,
-                                               protocol=self.sim.protocol, reconnect_on_failure=False)
+            client = self.client = ReadAheadClient(CallbackAPIVersion.VERSION2, client_id=self.id,
+                                                   protocol=self.sim.protocol, reconnect_on_failure=False)
             self.sim.target.configure(client)
             if self.sim.target.username is None:
                 client.username_pw_set(self.id)  # the documented ACL binds the username to the box
@@ -483,6 +483,8 @@ class _Worker(threading.Thread):
                 client = box.client
                 if mask & selectors.EVENT_READ:
                     client.loop_read()
+                    while client.read_ahead and client.socket() is not None:
+                        client.loop_read()
                 if mask & selectors.EVENT_WRITE and client.socket() is not None:
                     client.loop_write()
                 self._want_write(box)

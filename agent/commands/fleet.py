@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.brokerurl import BrokerTarget, add_broker_arguments, broker_target
+from agent.brokerurl import BrokerTarget, ReadAheadClient, add_broker_arguments, broker_target
 from agent.errors import UnavailableError, UsageError
 from agent.fleet import SETTLE_S, BoxView, FleetModel
 
@@ -33,7 +33,6 @@ HELP = "live table of every box on the broker (read-only)"
 
 _CONNECT_TIMEOUT_S = 10.0
 _KEEPALIVE_S = 30
-_READ_AHEAD_BYTES = 1 << 16
 # Fields that change with every message; a row is re-printed for a real change, not for these.
 _VOLATILE = ("last_seen", "seq_last", "seq_received")
 
@@ -93,7 +92,7 @@ class FleetConsole:
         # MQTT 3.1.1: the console only subscribes, and a refused subscription shows in 3.1.1's SUBACK
         # too; paho parses a v5 property block for every incoming message, a third of its cost per
         # message (bench/fleet.py). The boxes' own publishes stay MQTT 5.
-        self.client = _ReadAheadClient(
+        self.client = ReadAheadClient(
             CallbackAPIVersion.VERSION2,
             client_id=f"boxtel-fleet-{socket.gethostname()}-{os.getpid()}"[:64],
             protocol=mqtt.MQTTv311,
@@ -364,30 +363,3 @@ def _quiet_stdout() -> None:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
-
-class _ReadAheadClient(mqtt.Client):
-    """paho reads each packet with three to five recv() calls (type, every length byte, body); at
-    thousands of messages a second those system calls are a large share of the console's time
-    (bench/fleet.py). This reads up to 64 KiB at once and serves paho's reads from it."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._ahead = b""
-        self._ahead_pos = 0
-
-    @property
-    def read_ahead(self) -> int:
-        """Bytes already read from the socket and not yet parsed by paho."""
-        return len(self._ahead) - self._ahead_pos
-
-    def reconnect(self) -> mqtt.MQTTErrorCode:
-        self._ahead, self._ahead_pos = b"", 0  # bytes of a dead connection must not reach the new one
-        return super().reconnect()
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._ahead_pos >= len(self._ahead):
-            self._ahead = super()._sock_recv(_READ_AHEAD_BYTES)  # b"" at EOF; raises when nothing is there
-            self._ahead_pos = 0
-        start = self._ahead_pos
-        self._ahead_pos = min(start + bufsize, len(self._ahead))
-        return self._ahead[start:self._ahead_pos]
