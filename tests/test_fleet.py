@@ -288,3 +288,13 @@ def test_console_rides_out_a_broker_restart_without_counting_its_own_outage_as_l
     assert row["state"] == "online" and row["seq_lost"] == 0
     assert fleet.close() == 0
     assert "seq lost 0" in fleet.process.stderr.read()
+
+
+def test_without_broker_the_console_takes_the_broker_from_the_config(broker, start_sim, make_config):
+    start_sim(2, rate=5.0, scenarios=False)
+    config = make_config(broker)
+    result = boxtel("fleet", "-c", str(config), "--json", "--for", "1")
+    assert result.returncode == 0, result.stderr
+    assert {json.loads(line)["box"] for line in result.stdout.splitlines()} == {"sim-0001", "sim-0002"}
+    result = boxtel("fleet", "-c", str(config.with_name("missing.toml")), "--for", "0")
+    assert result.returncode == 78 and "missing.toml" in result.stderr
