@@ -261,11 +261,12 @@ def _run_table(console: FleetConsole, stop: threading.Event, for_s: float | None
                   f"lost {summary['seq_lost']}  pending {summary['seq_pending']}  {rate:,.0f} msg/s")
         if console.problem:
             header += f"\n!! {console.problem}"
-        text = _format_table(header, cells, None)
         if tty:  # what fits the terminal, without wrapping
             size = shutil.get_terminal_size()
             limit = max(1, size.lines - header.count("\n") - 4)
             text = "\n".join(line[:size.columns] for line in _format_table(header, cells, limit).splitlines())
+        else:
+            text = _format_table(header, cells, None)
         out.write(("\x1b[H\x1b[2J" if tty else "\n") + text + "\n")
         out.flush()
         if finished or (deadline is not None and time.monotonic() >= deadline):
