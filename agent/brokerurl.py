@@ -111,25 +111,44 @@ def broker_target(args: argparse.Namespace) -> BrokerTarget:
     return target
 
 
-class ReadAheadClient(mqtt.Client):
-    """paho reads each packet with three to five recv() calls (type, every length byte, body); at
-    thousands of messages a second those system calls are a large share of the console's time
-    (bench/fleet.py). This reads up to 64 KiB at once and serves paho's reads from it. Only for an
-    external loop (`loop_read` while `read_ahead`, then select): paho's own loop would sleep on a
-    socket whose data already sits here."""
+class BufferedClient(mqtt.Client):
+    """A paho client with buffered socket I/O, for an external network loop at thousands of messages a
+    second. paho reads each packet with three to five recv() calls (type, every length byte, body) and
+    writes each PUBACK with its own send(); those system calls are a large share of a consumer's time
+    (bench/fleet.py). Here reads come from a 64 KiB read-ahead, and writes collect until the loop calls
+    `flush_writes()` once per round. The loop must drain `read_ahead` before waiting in select() (paho's
+    own loop would sleep on a socket whose data already sits here), and flush at the end of each round.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._ahead = b""
         self._ahead_pos = 0
+        self._behind = bytearray()
+        self.write_behind = True
 
     @property
     def read_ahead(self) -> int:
         """Bytes already read from the socket and not yet parsed by paho."""
         return len(self._ahead) - self._ahead_pos
 
+    @property
+    def write_pending(self) -> int:
+        return len(self._behind)
+
+    def flush_writes(self) -> None:
+        """Hand the collected writes to the socket; what it cannot take now stays for the next round."""
+        if self._behind and self._sock is not None:
+            try:
+                sent = super()._sock_send(bytes(self._behind))
+            except (BlockingIOError, ConnectionError):
+                return  # the read side notices a dead connection
+            del self._behind[:sent]
+
     def reconnect(self) -> mqtt.MQTTErrorCode:
-        self._ahead, self._ahead_pos = b"", 0  # bytes of a dead connection must not reach the new one
+        # Bytes of a dead connection must not reach the new one.
+        self._ahead, self._ahead_pos = b"", 0
+        self._behind.clear()
         return super().reconnect()
 
     def _sock_recv(self, bufsize: int) -> bytes:
@@ -139,3 +158,9 @@ class ReadAheadClient(mqtt.Client):
         start = self._ahead_pos
         self._ahead_pos = min(start + bufsize, len(self._ahead))
         return self._ahead[start:self._ahead_pos]
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if not self.write_behind:
+            return super()._sock_send(buf)
+        self._behind += buf
+        return len(buf)

@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import __version__
-from agent.brokerurl import BrokerTarget, ReadAheadClient
+from agent.brokerurl import BrokerTarget, BufferedClient
 from agent.fleet import iso_utc
 
 SITES = ("Kandahar North", "Gao East", "Bunia", "Bor", "Mopti", "Goma Lake", "Kidal", "Malakal")
@@ -179,8 +179,9 @@ class SimBox:
         self.session += 1
         client = self.client
         if client is None:
-            client = self.client = ReadAheadClient(CallbackAPIVersion.VERSION2, client_id=self.id,
+            client = self.client = BufferedClient(CallbackAPIVersion.VERSION2, client_id=self.id,
                                                    protocol=self.sim.protocol, reconnect_on_failure=False)
+            client.write_behind = False  # publishes go out as they are made; only reads are buffered
             self.sim.target.configure(client)
             if self.sim.target.username is None:
                 client.username_pw_set(self.id)  # the documented ACL binds the username to the box

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.brokerurl import BrokerTarget, ReadAheadClient, add_broker_arguments, broker_target
+from agent.brokerurl import BrokerTarget, BufferedClient, add_broker_arguments, broker_target
 from agent.errors import UnavailableError, UsageError
 from agent.fleet import SETTLE_S, BoxView, FleetModel
 
@@ -92,7 +92,7 @@ class FleetConsole:
         # MQTT 3.1.1: the console only subscribes, and a refused subscription shows in 3.1.1's SUBACK
         # too; paho parses a v5 property block for every incoming message, a third of its cost per
         # message (bench/fleet.py). The boxes' own publishes stay MQTT 5.
-        self.client = ReadAheadClient(
+        self.client = BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=f"boxtel-fleet-{socket.gethostname()}-{os.getpid()}"[:64],
             protocol=mqtt.MQTTv311,
@@ -129,9 +129,9 @@ class FleetConsole:
             self.client.disconnect()
 
     def _network(self) -> None:
-        """paho's external loop, so that the read-ahead is drained before waiting in select() (paho's
-        own loop would sleep on a socket whose data already sits in our buffer), and without the
-        wake-up socket pair paho's threaded loop writes to for every PUBACK."""
+        """paho's external loop over a BufferedClient: drain the read-ahead before waiting in select(),
+        flush the collected writes once per round; no wake-up socket pair (paho's threaded loop writes
+        to one for every PUBACK)."""
         client = self.client
         next_misc = time.monotonic() + 1.0
         delay_s = 1.0
@@ -155,15 +155,19 @@ class FleetConsole:
             if now >= next_misc and client.socket() is not None:
                 client.loop_misc()  # keep-alive pings
                 next_misc = now + 1.0
+            client.flush_writes()  # the PUBACKs of this round in one send()
         if client.socket() is not None:
+            client.flush_writes()
+            client.write_behind = False  # paho closes the socket right after writing DISCONNECT
             client.disconnect()
 
     def _wait_readable(self, sock: Any) -> bool:
-        """Wait (briefly, so stop and keep-alive stay responsive) for data; write what paho could not."""
-        wanted = [sock] if self.client.want_write() else []
+        """Wait (briefly, so stop and keep-alive stay responsive) for data; write what is pending."""
+        wanted = [sock] if self.client.write_pending or self.client.want_write() else []
         readable, writable, _ = select.select([sock], wanted, [], 0.5)
         if writable:
             self.client.loop_write()
+            self.client.flush_writes()
         return bool(readable)
 
     # paho's callbacks, on the network thread
