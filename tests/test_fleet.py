@@ -209,7 +209,7 @@ def console(broker) -> Iterator[Callable[..., FleetProcess]]:
 
 def test_console_follows_births_wills_gaps_and_alarms(start_sim, console):
     sim = start_sim(5, rate=20.0, scenarios=False)
-    fleet = console("--settle", "0.5")
+    fleet = console("--settle", "0.5", "--refresh", "0.2")
     for box in sim.by_id:
         fleet.wait_row(box, lambda r: r["state"] == "online" and r["seq_received"] > 0, f"{box} online")
 
