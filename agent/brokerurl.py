@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,8 +32,9 @@ class BrokerTarget:
     tls: bool
     ca_file: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log or a traceback
     prefix: str = "boxtel"
+    _tls_context: ssl.SSLContext | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -44,10 +45,12 @@ class BrokerTarget:
         if self.username is not None:
             client.username_pw_set(self.username, self.password)
         if self.tls:
-            try:
-                client.tls_set_context(ssl.create_default_context(cafile=self.ca_file))
-            except (ssl.SSLError, OSError) as err:
-                raise ConfigError(f"cannot load CA file {self.ca_file}: {err}", key="--ca") from None
+            if self._tls_context is None:  # one for all clients: simulate-fleet makes thousands
+                try:
+                    self._tls_context = ssl.create_default_context(cafile=self.ca_file)
+                except (ssl.SSLError, OSError) as err:
+                    raise ConfigError(f"cannot load CA file {self.ca_file}: {err}", key="--ca") from None
+            client.tls_set_context(self._tls_context)
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool]:

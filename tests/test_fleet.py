@@ -298,3 +298,21 @@ def test_without_broker_the_console_takes_the_broker_from_the_config(broker, sta
     assert {json.loads(line)["box"] for line in result.stdout.splitlines()} == {"sim-0001", "sim-0002"}
     result = boxtel("fleet", "-c", str(config.with_name("missing.toml")), "--for", "0")
     assert result.returncode == 78 and "missing.toml" in result.stderr
+
+
+def test_console_and_simulator_over_tls_and_an_untrusted_broker_is_refused(make_broker, certs):
+    broker = make_broker(tls={"cafile": str(certs["ca_crt"]), "certfile": str(certs["server_crt"]),
+                              "keyfile": str(certs["server_key"])})
+    sim = FleetSim(BrokerTarget("localhost", broker.port, True, ca_file=str(certs["ca_crt"])), 2, rate=5.0,
+                   scenarios=False)
+    sim.start()
+    try:
+        assert sim.wait_connected(15), sim.error
+        url = f"mqtts://localhost:{broker.port}"
+        result = boxtel("fleet", "--broker", url, "--ca", str(certs["ca_crt"]), "--json", "--for", "1")
+        assert result.returncode == 0, result.stderr
+        assert {json.loads(line)["box"] for line in result.stdout.splitlines()} == {"sim-0001", "sim-0002"}
+        result = boxtel("fleet", "--broker", url, "--ca", str(certs["other_ca_crt"]), "--for", "0")
+        assert result.returncode == 69 and "not trusted" in result.stderr
+    finally:
+        sim.stop()
