@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.brokerurl import BrokerTarget, parse_broker_url
 from agent.devbroker import free_port
@@ -316,3 +318,31 @@ def test_console_and_simulator_over_tls_and_an_untrusted_broker_is_refused(make_
         assert result.returncode == 69 and "not trusted" in result.stderr
     finally:
         sim.stop()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+field_names = st.sampled_from(["state", "session", "since", "site", "seq", "alarms", "lat", "lon", "fix",
+                               "running", "fuel_pct", "tank_pct", "tank_level", "door", "dropped",
+                               "outbox_depth", "clock_source", "kind", "ts", "reason", "version"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["status", "gps", "generator", "water", "locker/a", "health", "events", "history/gps", "x/y/z"]),
+    st.dictionaries(field_names, json_values, max_size=6),
+    st.booleans(),
+), max_size=12))
+def test_any_json_from_the_broker_never_breaks_the_model_or_its_views(messages):
+    from agent.commands.fleet import _cells
+
+    model = FleetModel(settle_s=0.0)
+    for now, (stream, payload, retained) in enumerate(messages):
+        model.ingest(f"boxtel/b1/{stream}", json.dumps(payload), retained, now=float(now), wall=1.7e9 + now)
+    model.settle(now=100.0)
+    for view in model.sorted_views():
+        json.dumps(view.row())
+        assert all(isinstance(cell, str) for cell in _cells(view, 1.7e9 + 200))

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 class FleetConsole:
-    """The subscription: paho's thread feeds the model under a lock, nothing else."""
+    """The subscription: the network thread feeds the model under a lock, nothing else."""
 
     def __init__(self, target: BrokerTarget, *, qos: int = 1, settle_s: float = SETTLE_S):
         self.target = target
@@ -83,6 +83,7 @@ class FleetConsole:
         self.lock = threading.Lock()
         self.connected = False
         self.disconnects = 0
+        self.internal_errors = 0
         self.problem: str | None = None
         self._ready = threading.Event()
         self._refusal: str | None = None
@@ -147,10 +148,14 @@ class FleetConsole:
                 except (OSError, ssl.SSLError) as err:
                     self.problem = f"cannot reconnect to {self.target.url}: {getattr(err, 'strerror', None) or err}"
                 continue
-            if client.read_ahead or self._wait_readable(sock):
-                client.loop_read()
-                while client.read_ahead and client.socket() is not None:
+            try:
+                if client.read_ahead or self._wait_readable(sock):
                     client.loop_read()
+                    while client.read_ahead and client.socket() is not None:
+                        client.loop_read()
+            except Exception as err:  # noqa: BLE001 - a bug must show, not silently stop the console
+                self.internal_errors += 1
+                self.problem = f"internal error ({self.internal_errors} so far): {type(err).__name__}: {err}"
             now = time.monotonic()
             if now >= next_misc and client.socket() is not None:
                 client.loop_misc()  # keep-alive pings
