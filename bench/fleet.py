@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -73,9 +74,12 @@ def main() -> int:
           f"(model/parse {model_rate / parse_rate:.2f})")
 
     extra = ["max_queued_messages 0", "max_queued_bytes 0"]  # a central consumer's queue must not drop
-    with Broker(folder / "broker", extra=extra) as broker:
-        live = live_ingest(broker.port, window_s)
-        drain = {name: drain_rate(broker, name, payloads) for name in ("baseline", "console")}
+    try:
+        with Broker(folder / "broker", extra=extra) as broker:
+            live = live_ingest(broker.port, window_s)
+            drain = {name: drain_rate(broker, name, payloads) for name in ("baseline", "console")}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
     print(f"live:   simulate-fleet {BOXES} boxes x {RATE:g} msg/s for {window_s:g} s: offered "
           f"{live['offered_msg_s']:,.0f} msg/s (simulator's own figure)")
