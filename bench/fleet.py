@@ -94,11 +94,13 @@ def main() -> int:
           f"console/baseline {ratio:.2f}")
     cpu = {name: drain[name]["cpu_us"] for name in drain}
     print(f"        CPU per message: baseline {cpu['baseline']:.0f} us, console {cpu['console']:.0f} us "
-          f"(console/baseline {cpu['console'] / max(cpu['baseline'], 1e-9):.2f}); one free core would take "
-          f"{1e6 / cpu['console']:,.0f} msg/s into the console")
-    keeps_up = drain["console"]["msg_s"] >= TARGET_MSG_S and drain["console"]["messages"] == burst
-    print(f"target: console drains >= {TARGET_MSG_S:,.0f} msg/s with nothing lost: {verdict(keeps_up)} "
-          f"(load average during the run {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+          f"(console/baseline {cpu['console'] / max(cpu['baseline'], 1e-9):.2f})")
+    # The verdict uses CPU per message: wall-clock rates on a machine shared with other work swing by
+    # tens of percent from run to run, CPU time per message much less.
+    capacity = 1e6 / cpu["console"]
+    keeps_up = capacity >= TARGET_MSG_S and drain["console"]["messages"] == burst and not drain["console"]["seq_lost"]
+    print(f"target: console capacity {capacity:,.0f} msg/s (one core) >= {TARGET_MSG_S:,.0f} with nothing lost: "
+          f"{verdict(keeps_up)} (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores during the run)")
     return 0
 
 
@@ -129,6 +131,7 @@ def live_ingest(port: int, window_s: float) -> dict:
          "--protocol", "3.1.1", "--quiet-scenarios"],  # no deliberate seq gaps: any loss is real
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
     )
+    started = [sim]
     try:
         line = sim.stderr.readline()
         if "connected" not in line:
@@ -141,10 +144,12 @@ def live_ingest(port: int, window_s: float) -> dict:
             [python(), "-m", "agent", "fleet", "--broker", url, "--json", "--for", str(window_s)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
         )
+        started += [baseline, console]
         baseline_out, _ = baseline.communicate(timeout=window_s + 60)
         _, console_err = console.communicate(timeout=window_s + 60)
     finally:
-        _stop(sim)
+        for process in started:
+            _stop(process)
     rates = [float(m.group(1).replace(",", "")) for line in progress if (m := re.search(r"([\d,]+) msg/s", line))]
     summary = _console_summary(console_err)
     return {
@@ -158,39 +163,44 @@ def live_ingest(port: int, window_s: float) -> dict:
 
 # -- 3. drain a burst ---------------------------------------------------------------------------------
 def drain_rate(broker: Broker, who: str, messages: list[tuple[str, bytes]]) -> dict:
+    import psutil
+
     port = broker.port
     if who == "baseline":
         process = subprocess.Popen([python(), "-c", _BASELINE, str(port), "600"], stdout=subprocess.PIPE, text=True,
                                    start_new_session=True)
-        ready = process.stdout.readline()
-        assert ready.strip() == "ready", ready
     else:
         _publish_retained(port, "boxtel/bench-ready/status", b'{"state":"online","session":1}')
         process = subprocess.Popen(
             [python(), "-m", "agent", "fleet", "--broker", f"mqtt://127.0.0.1:{port}", "--json", "--for", "600"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True,
         )
-        process.stdout.readline()  # the retained sentinel's row: the console is subscribed
-        threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
-    import psutil
-
-    cpu_before = sum(psutil.Process(process.pid).cpu_times()[:2])
-    flood(port, messages)
-    # The flood is in the broker's hands; it is drained when neither the broker nor the subscriber
-    # works any more (the rate itself is taken from the subscriber's first and last message).
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and _cpu_busy([broker.process.pid, process.pid]):
-        pass
-    cpu_s = sum(psutil.Process(process.pid).cpu_times()[:2]) - cpu_before
-    os.kill(process.pid, signal.SIGTERM)
-    out, err = process.communicate(timeout=60)
-    if who == "baseline":
-        result = json.loads(out.strip().splitlines()[-1])
-        return {"messages": result["messages"], "msg_s": result["messages"] / max(result["span_s"], 1e-9),
-                "cpu_us": 1e6 * cpu_s / max(result["messages"], 1)}
-    summary = _console_summary(err)
-    return {"messages": summary["live"], "msg_s": summary["rate"], "seq_lost": summary["lost"],
-            "cpu_us": 1e6 * cpu_s / max(summary["live"], 1)}
+    try:
+        # Subscribed: the baseline says so, the console prints a row (the retained sentinel's, or a box's).
+        first = process.stdout.readline()
+        if who == "baseline":
+            assert first.strip() == "ready", first
+        else:
+            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()
+        cpu_before = sum(psutil.Process(process.pid).cpu_times()[:2])
+        flood(port, messages)
+        # The flood is in the broker's hands; it is drained when neither the broker nor the subscriber
+        # works any more (the rate itself is taken from the subscriber's first and last message).
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and _cpu_busy([broker.process.pid, process.pid]):
+            pass
+        cpu_s = sum(psutil.Process(process.pid).cpu_times()[:2]) - cpu_before
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(60)
+        if who == "baseline":
+            result = json.loads(process.stdout.read().strip().splitlines()[-1])
+            return {"messages": result["messages"], "msg_s": result["messages"] / max(result["span_s"], 1e-9),
+                    "cpu_us": 1e6 * cpu_s / max(result["messages"], 1)}
+        summary = _console_summary(process.stderr.read())
+        return {"messages": summary["live"], "msg_s": summary["rate"], "seq_lost": summary["lost"],
+                "cpu_us": 1e6 * cpu_s / max(summary["live"], 1)}
+    finally:
+        _stop(process)
 
 
 def flood(port: int, messages: list[tuple[str, bytes]]) -> None:
