@@ -346,3 +346,17 @@ def test_any_json_from_the_broker_never_breaks_the_model_or_its_views(messages):
     for view in model.sorted_views():
         json.dumps(view.row())
         assert all(isinstance(cell, str) for cell in _cells(view, 1.7e9 + 200))
+
+
+def test_console_logs_in_with_its_own_credentials_and_a_refusal_is_unavailable(make_broker, tmp_path):
+    broker = make_broker(passwords={"fleet-console": "s3cret-pw"})
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    result = boxtel("fleet", "--broker", url, "--for", "0")
+    assert result.returncode == 69 and "refused" in result.stderr, result.stderr
+    secret = tmp_path / "console.password"
+    secret.write_text("s3cret-pw\n")
+    secret.chmod(0o600)
+    result = boxtel("fleet", "--broker", url, "--username", "fleet-console", "--password-file", str(secret),
+                    "--json", "--for", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout
