@@ -195,8 +195,9 @@ def _host(h: str) -> list[Entity]:
 
 
 def _gps(g: str) -> list[Entity]:
-    # HA reads a device_tracker's position from attributes named latitude / longitude / gps_accuracy;
-    # without a fix there is no position, and HA keeps the last one.
+    # HA reads a device_tracker's position from attributes named latitude / longitude / gps_accuracy,
+    # with no state topic since 2023.6 (home-assistant/core#93322); without a fix there is no position
+    # and HA keeps the last one.
     attributes = (
         "{% if value_json.lat is not none and value_json.lon is not none %}"
         "{{ {'latitude': value_json.lat, 'longitude': value_json.lon, "
