@@ -17,6 +17,8 @@ from agent.errors import EX_USAGE, BoxtelError
 COMMANDS: dict[str, str] = {
     "run": "agent.commands.run",
     "check-config": "agent.commands.check_config",
+    "fleet": "agent.commands.fleet",
+    "simulate-fleet": "agent.commands.simulate_fleet",
 }
 
 

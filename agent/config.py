@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from agent.homeassistant import HomeAssistantSettings
 from agent.schema import SettingError, build, setting
 from agent.secretfile import check_secret_file, read_secret
 
@@ -100,6 +101,7 @@ CORE_SECTIONS: dict[str, type] = {
     "diagnostics": DiagnosticsSettings,
     "outbox": OutboxSettings,
     "gpio": GpioSettings,
+    "homeassistant": HomeAssistantSettings,
 }
 
 
@@ -119,6 +121,7 @@ class Config:
     diagnostics: DiagnosticsSettings
     outbox: OutboxSettings
     gpio: GpioSettings
+    homeassistant: HomeAssistantSettings
     drivers: list[DriverEntry] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)  # every core section by name
 
