@@ -17,6 +17,7 @@ from agent.errors import EX_USAGE, BoxtelError
 COMMANDS: dict[str, str] = {
     "run": "agent.commands.run",
     "check-config": "agent.commands.check_config",
+    "gps": "agent.commands.gps",
 }
 
 

@@ -7,15 +7,18 @@ checksum), keeps the GNSS talkers, and merges GGA, RMC, GSA, GSV, VTG, GLL, GNS 
 epoch. Everything rejected is counted by kind in `stats`; nothing here raises on bad input.
 
 The merging follows gpsd (driver_nmea0183.c), so a capture decodes to the fixes gpsd reports for it:
-- an epoch ends when the time of day changes (sentences without a time join the current epoch);
+- an epoch ends when the time of day changes (sentences without a time join the current epoch); the
+  sentence type that came last before a change is learned as the cycle ender, and an epoch is reported
+  when its ender arrives (until one is known, its last state before the time changes); losing the fix
+  is reported at once, and so is a receiver with nothing at all (GGA/RMC without a time);
 - the date comes from RMC or ZDA; GGA/GLL times before any date give epochs without a `time`; two-digit
   years are 20yy up to 2079 (then 19yy) and a time of day that goes backwards is the next day;
 - fix mode: GSA's mode when present, else GGA (2d with a position, 3d with an altitude and >= 4
   satellites, none below 3 satellites), RMC/GLL (2d, or 3d when 3d is already known); RMC status `V`,
   GLL status `V` and an empty position are no fix; a GGA whose timestamp did not advance is no fix
   (receivers that lost lock and repeat their last solution);
-- a fix is only as good as what it carries: `lat`/`lon` only with 2d/3d, `alt_m` only with 3d;
-  0,0 is never a position.
+- a fix is only as good as what it carries: `lat`/`lon` only with 2d/3d, `alt_m` only with 3d (Garmin's
+  PGRMZ altitude, sent after the ender, counts for the epoch); 0,0 is never a position;
 - a date before 2017 (when the 18th leap second came) is a receiver that lost a GPS week rollover:
   1024 weeks are added, as gpsd does.
 """
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import pynmea2
@@ -36,6 +39,7 @@ MAX_LINE = 160  # NMEA says 82; high-precision u-blox lines run longer, noise wi
 # gpsd's week-rollover check: with 18 leap seconds (since 2017-01-01) an earlier date is a receiver
 # that lost 1024 weeks. Captures that state their recording date (`# Date:`) are decoded as recorded.
 ROLLOVER_BEFORE = date(2017, 1, 1)
+_CHECKSUMMED = re.compile(r"\*[0-9A-Fa-f]{2}$")
 _RECORDED_ON = re.compile(rb"^# Date: \d{4}-\d{1,2}-\d{1,2}", re.MULTILINE)
 _GPSD_MIN_FIELDS = {"GGA": 13, "GLL": 7, "GNS": 13, "GSA": 18, "RMC": 8, "VTG": 5, "ZDA": 4}
 _CYCLE_CONTINUE = frozenset({"GLL"})  # gpsd: GLL may follow the cycle's last timed sentence
@@ -77,8 +81,11 @@ class Fix:
 
     def record(self) -> dict:
         """The `boxtel gps decode` record."""
-        data = asdict(self)
-        return {key: data[key] for key in ("time", "fix", "lat", "lon", "alt_m", "sats", "speed_mps", "course_deg")}
+        return {
+            "time": self.time, "fix": self.fix, "lat": _rounded(self.lat, 9), "lon": _rounded(self.lon, 9),
+            "alt_m": _rounded(self.alt_m, 3), "sats": self.sats, "speed_mps": _rounded(self.speed_mps, 3),
+            "course_deg": _rounded(self.course_deg, 2),
+        }
 
 
 class LineReader:
@@ -250,11 +257,11 @@ class EpochDecoder:
         if message is None:
             return []
         talker, kind, fields = message
+        if len(fields) + 1 < _GPSD_MIN_FIELDS.get(kind, 0):
+            self.stats[MALFORMED] += 1  # a truncated sentence with a valid checksum (or none)
+            return []
         self.stats[SENTENCES_OK] += 1
         self.kinds_seen.add(kind)
-        if len(fields) + 1 < _GPSD_MIN_FIELDS.get(kind, 0):
-            self.stats[MALFORMED] += 1
-            return []
         session = self._session
         if kind != "GSV":
             session.last_gsv_talker = ""
@@ -263,7 +270,12 @@ class EpochDecoder:
         previous_frac = session.frac_time
         session.time_registered = False
         session.gsv_more = False
-        update = getattr(self, f"_{kind.lower()}")(talker, fields) or _Update()
+        try:
+            update = getattr(self, f"_{kind.lower()}")(talker, fields) or _Update()
+        except (IndexError, ValueError):
+            self.stats[MALFORMED] += 1  # a field missing or mangled beyond what the checks above see
+            self.stats[SENTENCES_OK] -= 1
+            return []
         finished: list[Fix] = []
         time_changed = False
         if session.gsv_more:
@@ -308,7 +320,7 @@ class EpochDecoder:
                 or (sets_fix and not self._end_reliable)):
             self._pending = self._to_fix(self._epoch)
             self._epoch_reported = True
-            if at_ender and self._end_reliable:
+            if (at_ender and self._end_reliable) or update.report:
                 finished.append(self._pending)  # the usual case: out as soon as the epoch is complete
                 self._pending = None
         return finished
@@ -330,6 +342,9 @@ class EpochDecoder:
 
     # -- sentence checking -------------------------------------------------------------------------
     def _parse(self, line: str) -> tuple[str, str, list[str]] | None:
+        if not _CHECKSUMMED.search(line):
+            self.stats[MALFORMED] += 1  # no checksum: a truncated line, whatever is left of it is suspect
+            return None
         try:
             message = pynmea2.parse(line)
         except pynmea2.ChecksumError:
@@ -583,6 +598,8 @@ class EpochDecoder:
 
     def _gsv(self, talker: str, f: list[str]) -> _Update | None:
         s = self._session
+        if len(f) < 3:
+            return None
         total, part = _int(f[0]), _int(f[1])
         if total is None or part is None or part < 1:
             return None

@@ -204,3 +204,51 @@ class AgentProcess:
         if self.alive():
             self.kill()
         self._log.close()
+
+
+# -- serial ports ------------------------------------------------------------------------------------
+class Pty:
+    """A pseudo-terminal standing in for a receiver's serial port: the driver opens `path` (a symlink to
+    the slave, as udev makes /dev/gps0) with pyserial; the test writes to the master, as a receiver would.
+    `unplug()` closes the master and removes the link, as pulling a USB receiver does."""
+
+    def __init__(self, path: Path):
+        import tty
+
+        self.path = path
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        self.slave_name = os.ttyname(self.slave)
+        path.unlink(missing_ok=True)
+        path.symlink_to(self.slave_name)
+
+    def write(self, data: bytes | str) -> None:
+        """Write like a receiver: what does not fit in the pty's buffer is lost, never blocks the test."""
+        if isinstance(data, str):
+            data = data.encode("ascii")
+        try:
+            os.write(self.master, data)
+        except BlockingIOError:
+            pass
+
+    def baud(self) -> int:
+        """The rate the port was set to (by pyserial, in the driver)."""
+        import termios
+
+        speed = termios.tcgetattr(self.slave)[5]
+        return next(rate for rate in (4800, 9600, 19200, 38400, 57600, 115200)
+                    if getattr(termios, f"B{rate}") == speed)
+
+    def unplug(self) -> None:
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.master = self.slave = -1
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.master >= 0:
+            self.unplug()
