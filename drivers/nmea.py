@@ -119,7 +119,7 @@ class LineReader:
 
     def _drop_unterminated(self) -> None:
         """No line end within MAX_LINE: keep only a tail that could still become a sentence."""
-        start = _sentence_start(self._buffer, last=True)
+        start = _sentence_start(self._buffer)
         if start > 0 and len(self._buffer) - start <= MAX_LINE:
             self.stats[NOISE_BYTES] += start
             del self._buffer[:start]
@@ -134,7 +134,7 @@ class LineReader:
         raw = raw.strip(b"\r\n \t\x00")
         if not raw or raw.startswith(b"#"):
             return  # gpsd's capture files start with `#` comments; a receiver never sends one
-        start = _sentence_start(raw)
+        start = _sentence_start(raw)  # `$` and `!` never occur inside a sentence
         if start < 0:
             self.stats[NOISE_BYTES] += len(raw)
             return
@@ -164,16 +164,8 @@ def _line_end(buffer: bytearray) -> int:
     return min(lf, cr)
 
 
-def _sentence_start(raw: bytes | bytearray, last: bool = False) -> int:
-    if last:
-        return max(raw.rfind(b"$"), raw.rfind(b"!"))
-    dollar = raw.find(b"$")
-    bang = raw.find(b"!")
-    if dollar < 0:
-        return bang
-    if bang < 0:
-        return dollar
-    return min(dollar, bang)
+def _sentence_start(raw: bytes | bytearray) -> int:
+    return max(raw.rfind(b"$"), raw.rfind(b"!"))
 
 
 def new_stats() -> dict[str, int]:
