@@ -33,6 +33,7 @@ AUTO = "auto"
 COMMON_BAUDS = (9600, 4800, 38400, 115200, 57600, 19200)  # most receivers ship at 9600, old ones 4800
 BAUDS = (4800, 9600, 19200, 38400, 57600, 115200)
 READ_TIMEOUT_S = 0.2  # a blocking read never holds the thread longer: stop() is quick, progress regular
+GATHER_S = 0.05
 AUTO_BAUD_WINDOW_S = 2.5  # a receiver talks at least once a second; silence this long: try the next rate
 RECONNECT_MIN_S = 1.0
 CONNECTED, DISCONNECTED, STALE = "connected", "disconnected", "stale"
@@ -168,6 +169,10 @@ class GpsDriver(Driver):
             data = port.read(max(1, port.in_waiting))
             now = time.monotonic()
             self.ctx.progress()
+            if data:
+                # A receiver's epoch trickles in over ~0.5 s at 9600 baud: let it gather instead of
+                # waking per byte (CPU on a Pi), yet stamp its first bytes with the time they came.
+                self._stop.wait(GATHER_S)
             before = _valid_count(self.stats)
             for line in reader.feed(data):
                 for fix in decoder.feed(line, now):

@@ -39,9 +39,11 @@ MAX_LINE = 160  # NMEA says 82; high-precision u-blox lines run longer, noise wi
 # gpsd's week-rollover check: with 18 leap seconds (since 2017-01-01) an earlier date is a receiver
 # that lost 1024 weeks. Captures that state their recording date (`# Date:`) are decoded as recorded.
 ROLLOVER_BEFORE = date(2017, 1, 1)
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
 _CHECKSUMMED = re.compile(r"\*[0-9A-Fa-f]{2}$")
 _RECORDED_ON = re.compile(rb"^# Date: \d{4}-\d{1,2}-\d{1,2}", re.MULTILINE)
 _GPSD_MIN_FIELDS = {"GGA": 13, "GLL": 7, "GNS": 13, "GSA": 18, "RMC": 8, "VTG": 5, "ZDA": 4}
+_HANDLERS = {kind: f"_{kind.lower()}" for kind in ("GGA", "RMC", "GSA", "GSV", "VTG", "GLL", "GNS", "ZDA", "PGRMZ")}
 _CYCLE_CONTINUE = frozenset({"GLL"})  # gpsd: GLL may follow the cycle's last timed sentence
 _NO_MODE, _MODE_NONE, _MODE_2D, _MODE_3D = 0, 1, 2, 3  # gpsd's MODE_NOT_SEEN, NO_FIX, 2D, 3D
 _FIX_NAMES = {_NO_MODE: FIX_NONE, _MODE_NONE: FIX_NONE, _MODE_2D: FIX_2D, _MODE_3D: FIX_3D}
@@ -97,14 +99,10 @@ class LineReader:
 
     def feed(self, data: bytes) -> list[str]:
         lines: list[str] = []
-        self._buffer += data
-        while True:
-            end = _line_end(self._buffer)
-            if end < 0:
-                break
-            raw = bytes(self._buffer[:end])
-            del self._buffer[: end + 1]
+        *complete, rest = _LINE_ENDS.split(bytes(self._buffer) + data if self._buffer else data)
+        for raw in complete:
             self._take(raw, lines)
+        self._buffer = bytearray(rest)
         if len(self._buffer) > MAX_LINE:
             self._drop_unterminated()
         return lines
@@ -152,16 +150,6 @@ class LineReader:
             self.stats[MALFORMED] += 1
             return
         lines.append(text)
-
-
-def _line_end(buffer: bytearray) -> int:
-    lf = buffer.find(b"\n")
-    cr = buffer.find(b"\r")
-    if lf < 0:
-        return cr
-    if cr < 0:
-        return lf
-    return min(lf, cr)
 
 
 def _sentence_start(raw: bytes | bytearray) -> int:
@@ -263,7 +251,7 @@ class EpochDecoder:
         session.time_registered = False
         session.gsv_more = False
         try:
-            update = getattr(self, f"_{kind.lower()}")(talker, fields) or _Update()
+            update = getattr(self, _HANDLERS[kind])(talker, fields) or _Update()
         except (IndexError, ValueError):
             self.stats[MALFORMED] += 1  # a field missing or mangled beyond what the checks above see
             self.stats[SENTENCES_OK] -= 1
@@ -352,10 +340,10 @@ class EpochDecoder:
             return None
         talker = getattr(message, "talker", "")
         kind = getattr(message, "sentence_type", "")
-        if talker not in GNSS_TALKERS or not hasattr(self, f"_{kind.lower()}") or not kind.isalpha():
+        if talker not in GNSS_TALKERS or kind not in _HANDLERS:
             self.stats[UNSUPPORTED] += 1
             return None
-        return talker, kind, [str(value) for value in message.data]
+        return talker, kind, message.data
 
     # -- the epoch ---------------------------------------------------------------------------------
     def _merge(self, update: _Update, mono: float | None) -> None:
@@ -598,7 +586,7 @@ class EpochDecoder:
         if part == 1 and not s.last_gsv_talker:
             s.gsv_count = 0
         s.last_gsv_talker = talker
-        s.gsv_count += sum(1 for prn in f[3::4] if (_int(prn) or 0) > 0)
+        s.gsv_count += sum(1 for prn in f[3::4] if prn.isdigit() and prn.strip("0"))
         if part >= total:
             s.sats_seen = s.gsv_count
         else:
@@ -663,11 +651,21 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 def _utc(day: date, hour: int, minute: int, second: int, microsecond: int) -> tuple[str, float]:
-    moment = datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(
-        hours=hour, minutes=minute, seconds=second, microseconds=microsecond
-    )
-    iso = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    return iso, moment.timestamp()
+    global _midnight
+    if _midnight[0] != day:
+        _midnight = (day, datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
+    midnight = _midnight[1]
+    epoch_s = midnight + hour * 3600 + minute * 60 + second + microsecond / 1e6
+    if second < 60:
+        iso = (f"{day.year:04d}-{day.month:02d}-{day.day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
+               f".{microsecond // 1000:03d}Z")
+    else:  # a leap second as the receiver wrote it: 23:59:60
+        moment = datetime.fromtimestamp(epoch_s, tz=UTC)
+        iso = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return iso, epoch_s
+
+
+_midnight: tuple[date | None, float] = (None, 0.0)  # the last day seen: epochs come in order
 
 
 def _lat_lon(f: list[str]) -> tuple[float, float] | None:
