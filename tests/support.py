@@ -223,14 +223,21 @@ class Pty:
         path.unlink(missing_ok=True)
         path.symlink_to(self.slave_name)
 
-    def write(self, data: bytes | str) -> None:
-        """Write like a receiver: what does not fit in the pty's buffer is lost, never blocks the test."""
+    def write(self, data: bytes | str, patience_s: float = 0.2) -> None:
+        """Write whole, waiting up to `patience_s` for the reader to make room; after that the rest is
+        lost, as from a receiver nobody reads (before the port is opened, after it is gone)."""
+        import select
+
         if isinstance(data, str):
             data = data.encode("ascii")
-        try:
-            os.write(self.master, data)
-        except BlockingIOError:
-            pass
+        deadline = time.monotonic() + patience_s
+        while data and time.monotonic() < deadline:
+            try:
+                data = data[os.write(self.master, data):]
+            except BlockingIOError:
+                select.select([], [self.master], [], max(0.0, deadline - time.monotonic()))
+            except OSError:
+                return
 
     def baud(self) -> int:
         """The rate the port was set to (by pyserial, in the driver)."""

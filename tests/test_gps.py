@@ -105,7 +105,8 @@ NO_FIX = {"fix": False}
 
 def test_fix_is_published_with_position_and_quality(gps):
     box = gps(publish_interval_s=1.0).start()
-    values = box.wait_reading(lambda r: r["fix"] == "3d" and r["sats_seen"], "a 3d fix", feed=FIX)
+    # (the first epoch after opening may be partial: an RMC-only 3d fix has no altitude, as with gpsd)
+    values = box.wait_reading(lambda r: r["fix"] == "3d" and r["sats_seen"] and r["alt_m"], "a 3d fix", feed=FIX)
     assert abs(values["lat"] - HOME[0]) < 1e-6 and abs(values["lon"] - HOME[1]) < 1e-6
     assert values["alt_m"] == 5.0 and values["sats"] == 9 and values["sats_seen"] == 11
     assert values["hdop"] == 0.9 and values["pdop"] == 1.6 and values["home_distance_m"] is None
@@ -122,8 +123,8 @@ def test_gps_time_drives_the_clock_when_the_kernel_clock_is_unsynchronised(gps):
     assert clock.source() == "unsynced"
     box = gps(clock=clock).start()
     wait_until(lambda: box.send() or clock.source() == "gps", 10, "clock source gps")
-    # the receiver says it is 2025-11-26T09:40, whatever this machine's clock says
-    assert abs(clock.now() - box.epoch_s) < 5
+    # the receiver says it is 2025-11-26T09:40 (sped up: an epoch per poll), whatever this machine's clock says
+    assert GPS_NOW <= clock.now() <= box.epoch_s + 1
     assert abs(clock.offset_s() - (time.time() - clock.now())) < 1.0
 
 
