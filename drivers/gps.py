@@ -32,8 +32,8 @@ log = logging.getLogger("boxtel.gps")
 AUTO = "auto"
 COMMON_BAUDS = (9600, 4800, 38400, 115200, 57600, 19200)  # most receivers ship at 9600, old ones 4800
 BAUDS = (4800, 9600, 19200, 38400, 57600, 115200)
-READ_TIMEOUT_S = 0.2  # a blocking read never holds the thread longer: stop() is quick, progress regular
-GATHER_S = 0.05
+READ_TIMEOUT_S = 0.5  # a blocking read never holds the thread longer: stop() is quick, progress regular
+GATHER_S = 0.1
 AUTO_BAUD_WINDOW_S = 2.5  # a receiver talks at least once a second; silence this long: try the next rate
 RECONNECT_MIN_S = 1.0
 CONNECTED, DISCONNECTED, STALE = "connected", "disconnected", "stale"
@@ -123,9 +123,9 @@ class GpsDriver(Driver):
                 self._wait(delay)
                 delay = min(delay * 2, self.config.reconnect_max_s)
                 continue
+            opened = time.monotonic()
             try:
-                if self._read_until_lost(port):
-                    delay = RECONNECT_MIN_S  # it worked for a while: retry soon
+                self._read_until_lost(port)
             except (serial.SerialException, OSError) as err:
                 self._set_link(DISCONNECTED, reason=_reason(err))
             except Exception as err:  # noqa: BLE001 - keep the driver alive; the error shows in health
@@ -134,6 +134,8 @@ class GpsDriver(Driver):
                 self._set_link(DISCONNECTED, reason=repr(err))
             finally:
                 port.close()
+            if self.last_sentence_mono is not None and self.last_sentence_mono >= opened:
+                delay = RECONNECT_MIN_S  # it worked for a while: the next attempt may well work again
             if not self._stop.is_set():
                 self.reconnects += 1
                 self._wait(delay)
@@ -157,14 +159,16 @@ class GpsDriver(Driver):
         return port
 
     # -- reading -----------------------------------------------------------------------------------
-    def _read_until_lost(self, port: serial.Serial) -> bool:
-        """Read until the port fails or stop(); True if valid NMEA arrived on it."""
+    def _read_until_lost(self, port: serial.Serial) -> None:
+        """Read until the port fails (an exception) or stop()."""
         reader = nmea.LineReader(self.stats)
-        decoder = nmea.EpochDecoder(self.stats)
+        decoder = nmea.EpochDecoder(self.stats, remember_enders=False)
         opened = time.monotonic()
         rate_since = opened
         valid_seen = False
-        auto = self.config.baud == AUTO and self.baud is None
+        # With "auto", start at the rate that worked last; cycle only if nothing valid comes at it
+        # (another receiver may have been plugged in).
+        auto = self.config.baud == AUTO
         while not self._stop.is_set():
             data = port.read(max(1, port.in_waiting))
             now = time.monotonic()
@@ -173,10 +177,9 @@ class GpsDriver(Driver):
                 # A receiver's epoch trickles in over ~0.5 s at 9600 baud: let it gather instead of
                 # waking per byte (CPU on a Pi), yet stamp its first bytes with the time they came.
                 self._stop.wait(GATHER_S)
+                data += port.read(port.in_waiting)
             before = _valid_count(self.stats)
-            for line in reader.feed(data):
-                for fix in decoder.feed(line, now):
-                    self._on_fix(fix, now)
+            fixes = [fix for line in reader.feed(data) for fix in decoder.feed(line, now)]
             if _valid_count(self.stats) > before:
                 self.last_sentence_mono = now
                 valid_seen = True
@@ -191,11 +194,12 @@ class GpsDriver(Driver):
                 rate_since = now
                 reader = nmea.LineReader(self.stats)
                 log.debug("no NMEA on %s yet, trying %d baud", self.config.port, port.baudrate)
+            for fix in fixes:  # after the link state: "connected" comes before "fix_acquired"
+                self._on_fix(fix, now)
             quiet_since = self.last_sentence_mono if valid_seen else opened
             if now - quiet_since >= self.config.stale_after_s:
                 self._set_link(STALE, reason=f"no valid NMEA for {now - quiet_since:.0f} s")
             self._publish_if_due(now)
-        return valid_seen
 
     def _on_fix(self, fix: nmea.Fix, now: float) -> None:
         had_position = self.fix.has_position

@@ -217,9 +217,14 @@ class _Session:
 class EpochDecoder:
     """Sentences in, one `Fix` per finished epoch out."""
 
-    def __init__(self, stats: dict[str, int] | None = None, *, rollover_before: date | None = ROLLOVER_BEFORE):
+    def __init__(self, stats: dict[str, int] | None = None, *, rollover_before: date | None = ROLLOVER_BEFORE,
+                 remember_enders: bool = True):
         self.stats = stats if stats is not None else new_stats()
         self.rollover_before = rollover_before
+        # gpsd keeps every cycle ender it ever learned. Live, one damaged RMC would then make GGA an
+        # ender for good, and every later epoch be reported twice, first without speed and course;
+        # with remember_enders=False the ender is relearned from the next intact epoch.
+        self.remember_enders = remember_enders
         self.kinds_seen: set[str] = set()
         self._session = _Session()
         self._epoch = _Epoch()
@@ -264,7 +269,10 @@ class EpochDecoder:
             time_changed = previous_frac is None or abs(session.frac_time - previous_frac) > 0.01
             if time_changed and self._last_timed_kind and kind not in _CYCLE_CONTINUE:
                 # The sentence that closed the previous epoch will close the next ones.
-                self._cycle_enders.add(self._last_timed_kind)
+                if self.remember_enders:
+                    self._cycle_enders.add(self._last_timed_kind)
+                else:
+                    self._cycle_enders = {self._last_timed_kind}
                 self._end_reliable = True
         elif kind in _CYCLE_CONTINUE:
             self._cycle_enders.discard(self._last_timed_kind)
