@@ -153,8 +153,10 @@ def test_no_fix_and_garbage_never_give_a_position(gps):
 def test_fix_lost_and_regained_are_events_and_publish_at_once(gps):
     box = gps(publish_interval_s=3600.0).start()
     box.wait_reading(lambda r: r["fix"] == "3d", feed=FIX)
+    box.readings.clear()
     box.wait_reading(lambda r: r["fix"] == "none" and r["lat"] is None, "no fix, published at once", feed=NO_FIX)
-    box.wait_reading(lambda r: r["fix"] == "3d" and len(box.readings) >= 3, feed=FIX)
+    box.readings.clear()
+    box.wait_reading(lambda r: r["fix"] == "3d", feed=FIX)
     assert box.kinds().count("fix_acquired") == 2 and box.kinds().count("fix_lost") == 1
 
 
@@ -171,6 +173,7 @@ def test_moving_more_than_min_move_publishes_before_the_interval(gps):
 def test_unplug_and_replug_resume_without_restart(gps, make_pty):
     box = gps().start()
     box.wait_reading(lambda r: r["fix"] == "3d", feed=FIX)
+    box.readings.clear()
     box.pty.unplug()  # master closed, the /dev link gone: the USB receiver was pulled
     box.wait_event("gps_disconnected")
     assert box.driver.health()["gps_link"] == "disconnected"
@@ -188,6 +191,7 @@ def test_unplug_and_replug_resume_without_restart(gps, make_pty):
 def test_silent_receiver_goes_stale_and_comes_back(gps):
     box = gps(stale_after_s=1.0).start()
     box.wait_reading(lambda r: r["fix"] == "3d", feed=FIX)
+    box.readings.clear()
     box.wait_event("gps_stale")  # nothing more written: the receiver hangs
     assert box.driver.health()["gps_link"] == "stale"
     assert box.wait_reading(lambda r: r["fix"] == "none")["lat"] is None
