@@ -262,30 +262,7 @@ class EpochDecoder:
             self.stats[SENTENCES_OK] -= 1
             return []
         finished: list[Fix] = []
-        time_changed = False
-        if session.gsv_more:
-            pass  # more GSV parts to come: never an epoch boundary
-        elif session.time_registered:
-            time_changed = previous_frac is None or abs(session.frac_time - previous_frac) > 0.01
-            if time_changed and self._last_timed_kind and kind not in _CYCLE_CONTINUE:
-                # The sentence that closed the previous epoch will close the next ones.
-                if self.remember_enders:
-                    self._cycle_enders.add(self._last_timed_kind)
-                else:
-                    self._cycle_enders = {self._last_timed_kind}
-                self._end_reliable = True
-        elif kind in _CYCLE_CONTINUE:
-            self._cycle_enders.discard(self._last_timed_kind)
-            self._cycle_enders.add(kind)
-            self._end_reliable = True
-        if update.report:
-            self._end_reliable = False
-        at_ender = (
-            (session.time_registered or kind in _CYCLE_CONTINUE) and kind in self._cycle_enders
-            and not session.gsv_more
-        )
-        if session.time_registered:
-            self._last_timed_kind = kind
+        time_changed, at_ender = self._track_cycle(kind, previous_frac, update)
         # gpsd: never downgrade a 3d fix to 2d while the receiver has been giving altitudes (RMC has none)
         if (update.mode is not None and self._epoch.mode == _MODE_3D and update.mode != _MODE_NONE
                 and (session.last_alt or self._epoch.alt_m is not None)):
@@ -312,6 +289,35 @@ class EpochDecoder:
                 finished.append(self._pending)  # the usual case: out as soon as the epoch is complete
                 self._pending = None
         return finished
+
+    def _track_cycle(self, kind: str, previous_frac: float | None, update: _Update) -> tuple[bool, bool]:
+        """gpsd's end-of-cycle detector: (did the time of day change, is this sentence the cycle's end)."""
+        session = self._session
+        time_changed = False
+        if session.gsv_more:
+            pass  # more GSV parts to come: never an epoch boundary
+        elif session.time_registered:
+            time_changed = previous_frac is None or abs(session.frac_time - previous_frac) > 0.01
+            if time_changed and self._last_timed_kind and kind not in _CYCLE_CONTINUE:
+                # The sentence that closed the previous epoch will close the next ones.
+                if self.remember_enders:
+                    self._cycle_enders.add(self._last_timed_kind)
+                else:
+                    self._cycle_enders = {self._last_timed_kind}
+                self._end_reliable = True
+        elif kind in _CYCLE_CONTINUE:
+            self._cycle_enders.discard(self._last_timed_kind)
+            self._cycle_enders.add(kind)
+            self._end_reliable = True
+        if update.report:
+            self._end_reliable = False
+        at_ender = (
+            (session.time_registered or kind in _CYCLE_CONTINUE) and kind in self._cycle_enders
+            and not session.gsv_more
+        )
+        if session.time_registered:
+            self._last_timed_kind = kind
+        return time_changed, at_ender
 
     def flush(self) -> list[Fix]:
         """End of input: the epoch in progress is finished."""
