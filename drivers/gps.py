@@ -420,6 +420,8 @@ def probe_port(port: str, baud: int | str, timeout_s: float) -> tuple[bool, str]
     try:
         handle = serial.Serial(port, baudrate=rates[0], timeout=READ_TIMEOUT_S, exclusive=True)
     except (serial.SerialException, OSError, ValueError) as err:
+        if "exclusively lock" in str(err):  # pyserial's exclusive=True: someone holds the port
+            return False, f"{port} is busy: another program (the running agent?) has it open"
         return False, f"cannot open {port}: {_reason(err)}"
     noise = 0
     try:

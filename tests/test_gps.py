@@ -316,3 +316,10 @@ def test_probe_port_explains_what_is_wrong(make_pty, tmp_path):
     quiet = make_pty("quiet")
     ok, message = probe_port(str(quiet.path), 9600, 0.4)
     assert not ok and "no data" in message
+
+
+def test_probe_port_says_when_the_agent_holds_the_port(gps):
+    box = gps().start()
+    box.wait_event("gps_connected", feed=FIX)
+    ok, message = probe_port(str(box.pty.path), 9600, 0.4)
+    assert not ok and message == f"{box.pty.path} is busy: another program (the running agent?) has it open"
