@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "check-config": "agent.commands.check_config",
     "fleet": "agent.commands.fleet",
     "simulate-fleet": "agent.commands.simulate_fleet",
+    "gps": "agent.commands.gps",
 }
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["footprint", "fleet"]
+BENCHMARKS = ["footprint", "gps", "fleet"]
 
 
 def main(argv: list[str]) -> int:

@@ -11,6 +11,7 @@ import importlib
 # config section -> "module:Class"
 REGISTRY: dict[str, str] = {
     "host": "drivers.host:HostDriver",
+    "gps": "drivers.gps:GpsDriver",
 }
 
 
