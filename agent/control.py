@@ -82,7 +82,7 @@ class ControlServer:
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
         self._thread.start()
-        log.info("control socket at %s", self.path)
+        log.debug("control socket at %s", self.path)
 
     def stop(self) -> None:
         if self._thread is None:
