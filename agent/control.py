@@ -451,16 +451,27 @@ def request(path: str, cmd: str, timeout_s: float = 10.0, **fields: Any) -> dict
 
 
 def watch(path: str) -> Iterator[dict[str, Any]]:
-    """Every reading and event the agent accepts, as it accepts them, until the agent stops."""
-    with connect(path) as sock:
+    """Every reading and event the agent accepts, as it accepts them, until the agent stops. Connects
+    before returning, so a missing agent raises here and the agent counts the watcher at once."""
+    sock = connect(path)
+    try:
         sock.sendall(_line({"cmd": "watch"}))
         sock.settimeout(None)
-        stream = sock.makefile("rb")
-        first = _read_line(stream)
-        if first is None or not first.get("ok"):
-            raise UnavailableError(f"the agent refused to stream: {(first or {}).get('error', 'no answer')}")
-        while (line := _read_line(stream)) is not None:
-            yield line
+        lines = sock.makefile("rb")
+        first = _read_line(lines)
+    except BaseException:
+        sock.close()
+        raise
+    if first is None or not first.get("ok"):
+        sock.close()
+        raise UnavailableError(f"the agent refused to stream: {(first or {}).get('error', 'no answer')}")
+    return _follow(sock, lines)
+
+
+def _follow(sock: socket.socket, lines: Any) -> Iterator[dict[str, Any]]:
+    with sock:
+        while (message := _read_line(lines)) is not None:
+            yield message
 
 
 def _read_line(stream: Any) -> dict[str, Any] | None:
