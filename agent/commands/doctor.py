@@ -34,7 +34,7 @@ _EXIT = {OK: 0, WARN: 1, FAIL: 2}
 
 NETWORK_TIMEOUT_S = 5.0
 SERIAL_TIMEOUT_S = 3.0  # a receiver talks at least once a second
-CERT_WARN_DAYS = 30
+CERT_WARN_DAYS = 14  # renewals usually run at 30 days left; 14 means they have stopped
 MIN_FREE_MB = 10.0
 SERVICE = "boxtel.service"
 _VOLATILE_FS = {"tmpfs", "ramfs", "overlay", "squashfs"}
@@ -267,10 +267,9 @@ def check_tls(ctx: Context) -> list[Result]:
     if mqtt.tls_insecure:
         return [Result(WARN, "tls", f"{version} with certificate verification OFF (mqtt.tls_insecure)",
                        "set mqtt.ca_file to the broker's CA and remove tls_insecure")]
-    not_after = _cert_time(cert["notAfter"])
-    days = int((not_after - time.time()) // 86400)
-    detail = f"{version}, broker certificate for {host} signed by {ca}, valid for {days} more days"
-    if days < CERT_WARN_DAYS:
+    left = _cert_time(cert["notAfter"]) - time.time()
+    detail = f"{version}, broker certificate for {host} signed by {ca}, valid for another {_days(left)}"
+    if left < CERT_WARN_DAYS * 86400:
         return [Result(WARN, "tls", detail, "renew the broker's certificate")]
     return [Result(OK, "tls", detail)]
 
@@ -469,12 +468,12 @@ def _validity(check: str, path: str, not_before: float, not_after: float, fix: s
     if now < not_before:
         return Result(FAIL, check, f"the system clock ({_date(now)}) is before {path} becomes valid "
                       f"({_date(not_before)})", "set the clock (NTP or a GPS fix): TLS cannot work until then")
-    days = int((not_after - now) // 86400)
     if now > not_after:
-        return Result(FAIL, check, f"{path} expired on {_date(not_after)} ({-days} days ago)", fix)
-    if days < CERT_WARN_DAYS:
-        return Result(WARN, check, f"{path} expires in {days} days ({_date(not_after)})", fix)
-    return Result(OK, check, f"{path} valid until {_date(not_after)} ({days} days)")
+        return Result(FAIL, check, f"{path} expired on {_date(not_after)} ({_days(now - not_after)} ago)", fix)
+    left = not_after - now
+    if left < CERT_WARN_DAYS * 86400:
+        return Result(WARN, check, f"{path} expires in {_days(left)} ({_date(not_after)})", fix)
+    return Result(OK, check, f"{path} valid until {_date(not_after)} ({_days(left)} left)")
 
 
 def _verification_failure(err: ssl.SSLCertVerificationError, host: str, ca: str) -> Result:
@@ -618,6 +617,11 @@ def _systemctl_show(*properties: str) -> dict[str, str]:
     if done.returncode != 0:
         return {}
     return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+def _days(seconds: float) -> str:
+    days = int(seconds // 86400)
+    return f"{days} day{'' if days == 1 else 's'}"
 
 
 def _date(epoch_s: float) -> str:
