@@ -18,6 +18,7 @@ client too slow to read loses lines (counted, and told so) rather than slowing t
 from __future__ import annotations
 
 import collections
+import contextlib
 import grp
 import json
 import logging
@@ -125,23 +126,29 @@ class ControlServer:
     def _bind(self) -> None:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         _remove_stale(self.path)
+        # Made under a temporary name and renamed into place once listening, with its mode and group:
+        # a client never finds a socket that refuses it or one with the wrong permissions.
+        building = f"{self.path}.new"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(building)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            listener.bind(self.path)
+            listener.bind(building)
+            listener.listen(MAX_CLIENTS)
+            os.chmod(building, 0o660)
+            self._chgrp(building)
+            os.replace(building, self.path)
         except OSError:
             listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(building)
             raise
-        # With the usual umask (022) the fresh socket is not writable by others, so nobody can connect
-        # before the mode is set; connect(2) on a Unix socket needs write permission.
-        os.chmod(self.path, 0o660)
-        self._chgrp()
-        listener.listen(MAX_CLIENTS)
         listener.setblocking(False)
         st = os.lstat(self.path)
         self._identity = (st.st_dev, st.st_ino)
         self._listener = listener
 
-    def _chgrp(self) -> None:
+    def _chgrp(self, path: str) -> None:
         if not self.group:
             return
         try:
@@ -153,7 +160,7 @@ class ControlServer:
             )
             return
         try:
-            os.chown(self.path, -1, gid)
+            os.chown(path, -1, gid)
         except OSError as err:
             log.warning("cannot give the control socket to group %s: %s", self.group, err.strerror)
 

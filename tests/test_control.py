@@ -116,7 +116,7 @@ def test_clients_beyond_the_cap_are_turned_away(broker, make_config, run_agent):
     finally:
         for sock in held:
             sock.close()
-    assert control.request(path, "status")["ok"]  # a slot is free again
+    wait_until(lambda: _status_or_none(path), what="a free slot again")
 
 
 def test_a_watcher_that_never_reads_loses_lines_but_never_slows_the_core(broker, make_config, monkeypatch):
@@ -146,7 +146,7 @@ def test_a_watcher_that_never_reads_loses_lines_but_never_slows_the_core(broker,
             while not told:
                 message = json.loads(lines.readline())
                 told = message.get("count", 0) if message["type"] == "dropped" else 0
-            assert told == dropped
+            assert told >= dropped  # (a health reading may have been dropped since)
         finally:
             stalled.close()
 
@@ -160,9 +160,11 @@ def test_watch_streams_accepted_readings_and_events_with_their_seq(broker, make_
         ctx = agent.drivers[0].ctx
         ctx.reading({"door": "closed"})
         ctx.event("door_opened", open_s=0)
-        reading, event = next(stream), next(stream)
+        mine = (m for m in stream if m["stream"] != "health")  # the agent's own health may come between
+        reading, event = next(mine), next(mine)
         assert reading["type"] == "reading" and reading["stream"] == "testpins"
         assert reading["payload"]["door"] == "closed"
-        assert event["type"] == "event" and event["payload"]["kind"] == "door_opened"
-        assert event["seq"] == reading["seq"] + 1
+        assert event["type"] == "event" and event["stream"] == "events"
+        assert event["payload"]["kind"] == "door_opened" and event["payload"]["source"] == "testpins"
+        assert event["seq"] > reading["seq"]
         stream.close()

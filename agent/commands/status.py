@@ -136,7 +136,7 @@ def _driver(name: str, status: dict[str, Any]) -> Mark:
     if problems:
         worst = FAIL if name == "host" and values and values.get("undervoltage") == "active" else WARN
         return Mark(name, worst, "; ".join(problems))
-    return Mark(name, OK, summary(values))
+    return Mark(name, OK, host_summary(values) if name == "host" else summary(values))
 
 
 def _host_problems(values: dict[str, Any]) -> list[str]:
@@ -154,6 +154,18 @@ def _host_problems(values: dict[str, Any]) -> list[str]:
     if (values.get("memory_pct") or 0) >= _MEMORY_FULL_PCT:
         problems.append(f"memory {values['memory_pct']} % used")
     return problems
+
+
+def host_summary(values: dict[str, Any]) -> str:
+    parts = [
+        ("cpu {} %", values.get("cpu_pct")),
+        ("load {}", values.get("load_1m")),
+        ("memory {} %", values.get("memory_pct")),
+        ("{} C", values.get("temperature_c")),
+        ("state disk {} % used", values.get("disk_used_pct")),
+        ("power {}", values.get("undervoltage")),
+    ]
+    return ", ".join(text.format(_short(value)) for text, value in parts if value is not None) or "running"
 
 
 def summary(values: dict[str, Any] | None, limit: int = 6) -> str:
