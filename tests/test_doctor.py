@@ -249,3 +249,14 @@ def test_exit_code_is_the_worst_mark():
     assert exit_code([Result(OK, "a", "")]) == 0
     assert exit_code([Result(OK, "a", ""), Result(WARN, "b", "")]) == 1
     assert exit_code([Result(WARN, "a", ""), Result(FAIL, "b", ""), Result(OK, "c", "")]) == 2
+
+
+def test_a_pin_factory_that_cannot_load(make_config, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("lgpio") is not None:
+        pytest.skip("lgpio is installed here")
+    code, checks = doctor(make_config(None, {"gpio": {"pin_factory": "lgpio"}}), capsys)
+    assert checks["gpio"] == ["FAIL gpio: no gpiozero pin factory 'lgpio': No module named 'lgpio' — on a Pi: "
+                              "apt install python3-lgpio, and put the service user in group gpio"]
+    assert code == 2
