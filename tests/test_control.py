@@ -129,6 +129,8 @@ def test_a_watcher_that_never_reads_loses_lines_but_never_slows_the_core(broker,
         try:
             stalled.sendall(b'{"cmd": "watch"}\n')  # ...and never reads another byte
             wait_until(lambda: agent.control.snapshot()["watchers"] == 1, what="the watcher")
+            # Offline, readings are downsampled to history: the burst must meet a connected agent.
+            wait_until(lambda: agent.publisher.connected, what="the agent's MQTT connection")
             driver = agent.drivers[0]
             first = agent.outbox.last_seq
             for n in range(burst):
