@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test bench lint venv mosquitto clean
+.PHONY: demo test bench lint venv mosquitto clean install uninstall
 
 demo: venv mosquitto  ## broker + agent on simulated hardware, live telemetry until Ctrl-C
 	$(BIN)/python -m agent.demo
@@ -36,6 +36,15 @@ mosquitto:  ## the broker for the demo and the tests (and openssl, which the TLS
 		echo "installing mosquitto"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients openssl >/dev/null; }
+
+PREFIX ?= /opt/boxtel
+INSTALL_ENV = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" PYTHON="$(PYTHON)"
+
+install:  ## on a Pi, as root: venv in /opt/boxtel, the systemd unit, an example config (kept if present)
+	$(INSTALL_ENV) sh systemd/install.sh install
+
+uninstall:  ## reverses install; keeps /etc/boxtel and /var/lib/boxtel unless PURGE=1
+	$(INSTALL_ENV) sh systemd/install.sh uninstall $(if $(PURGE),purge)
 
 clean:
 	rm -rf $(VENV) .demo *.egg-info .pytest_cache .hypothesis

@@ -162,7 +162,12 @@ class ControlServer:
         try:
             os.chown(path, -1, gid)
         except OSError as err:
-            log.warning("cannot give the control socket to group %s: %s", self.group, err.strerror)
+            # EPERM: the agent's user is not in the group. EINVAL: a user namespace (PrivateUsers=yes)
+            # that does not map the group. Either way the socket stays usable by the agent's own group.
+            log.warning(
+                "cannot give the control socket to group %s (%s): members of group %s can use it; "
+                "see docs/diagnostics.md", self.group, err.strerror, _group_name(os.getegid()),
+            )
 
     # -- the control thread ------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -396,11 +401,13 @@ def _group_name(gid: int) -> str:
 
 def service_info() -> dict[str, Any]:
     """How the agent runs: under systemd (it sets INVOCATION_ID), with notify and the watchdog?"""
-    watchdog_usec = os.environ.get("WATCHDOG_USEC", "")
+    from agent.sdnotify import watchdog_interval_s
+
+    ping_s = watchdog_interval_s()
     return {
         "systemd": bool(os.environ.get("INVOCATION_ID") or os.environ.get("NOTIFY_SOCKET")),
         "notify": bool(os.environ.get("NOTIFY_SOCKET")),
-        "watchdog_s": int(watchdog_usec) / 1e6 if watchdog_usec.isdigit() else None,
+        "watchdog_s": None if ping_s is None else ping_s * 2,  # WatchdogSec; the agent pings twice as often
         "pid": os.getpid(),
     }
 

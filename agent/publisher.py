@@ -176,6 +176,19 @@ class Publisher:
             return None
         return session, info.mid
 
+    def alive(self) -> str | None:
+        """For the systemd watchdog: None while the supervisor and, when connected, paho's thread run."""
+        if self._thread is None or not self._thread.is_alive():
+            return "the MQTT supervisor thread is not running"
+        with self._client_lock:
+            client, connected = self._client, self.connected
+        # paho keeps its network thread in `_thread` from loop_start() to loop_stop().
+        if connected and client is not None and not getattr(client, "_thread", None):
+            return "paho's network thread is not running"
+        if connected and client is not None and not client._thread.is_alive():
+            return "paho's network thread has died"
+        return None
+
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
         return {

@@ -25,6 +25,7 @@ from agent.control import ControlServer
 from agent.errors import BoxtelError, ConfigError
 from agent.outbox import EVENT, HISTORY, LIVE, Outbox, OutboxError
 from agent.publisher import Connected, Delivered, Disconnected, Publisher
+from agent.sdnotify import Notifier, Watchdog, watchdog_interval_s
 from agent.throttle import StreamSettings, StreamThrottle
 from drivers import driver_class
 from drivers.base import Driver, DriverContext
@@ -41,6 +42,13 @@ _REFUSED_RETRY_MAX_S = 3600.0
 @dataclass(frozen=True)
 class _Stop:
     reason: str
+
+
+class _Tick:
+    """The watchdog asks: is the core loop still taking items off the bus?"""
+
+
+_TICK = _Tick()
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,8 @@ class Agent:
         self.publish_errors = 0
         self.last_publish_error: str | None = None
         self.last_progress = time.monotonic()
+        self.notifier = Notifier()
+        self.watchdog: Watchdog | None = None
         self.control = ControlServer(self, config.diagnostics.socket, config.diagnostics.group)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -124,6 +134,7 @@ class Agent:
         if self.simulation is not None:
             self.simulation.start(self)
         self.control.start()
+        self._start_systemd_notify()
         log.info(
             "boxtel %s running as %s with %s%s", __version__, self.config.box.id,
             ", ".join(d.ctx.name for d in self.drivers) or "no drivers",
@@ -137,6 +148,9 @@ class Agent:
         if self._stopping:
             return
         self._stopping = True
+        self.notifier.send("STOPPING=1", "STATUS=stopping")
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.simulation is not None:
             self.simulation.stop()
         for driver in self.drivers:
@@ -150,7 +164,26 @@ class Agent:
         self.publisher.stop("stopped")
         self._drain_bus()
         self.outbox.close()
+        self.notifier.close()
         log.info("stopped")
+
+    def _start_systemd_notify(self) -> None:
+        """READY=1 once drivers and outbox are up; the watchdog when the unit sets WatchdogSec."""
+        interval = watchdog_interval_s()
+        if interval is not None and self.notifier.enabled:
+            checks = [self.publisher.alive, *(driver.alive for driver in self.drivers)]
+            self.watchdog = Watchdog(self.notifier, interval, request_tick=lambda: self.bus.put(_TICK), checks=checks)
+            self.watchdog.start()
+        self.notifier.send("READY=1", f"STATUS={self.status_line()}")
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: link, outbox, clock, alarms."""
+        link = "online" if self.publisher.connected else f"offline ({self.publisher.last_error or 'connecting'})"
+        alarms = sorted(a for d in self.drivers for a in d.ctx.active_alarms())
+        return (
+            f"{link}; outbox {self.outbox.depth} pending; clock {self.clock.source()}; "
+            f"alarms: {', '.join(alarms) or 'none'}"
+        )
 
     # -- the core loop -----------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -176,6 +209,8 @@ class Agent:
             self._on_connected()
         elif isinstance(item, Disconnected):
             self._on_disconnected(item)
+        elif isinstance(item, _Tick) and self.watchdog is not None:
+            self.watchdog.tick_answered(self.status_line())
         elif isinstance(item, _CoreCall):
             _run_call(item)
 

@@ -130,10 +130,23 @@ class Driver:
     Config: ClassVar[type]
     many: ClassVar[bool] = False  # True: the section is an array of tables ([[locker]]), one driver each
     simulator: ClassVar[str | None] = None  # "module:Class" of the simulated hardware for this kind
+    # No ctx.progress() for this long means the driver is stuck (the systemd watchdog stops pinging).
+    stall_after_s: ClassVar[float] = 120.0
 
     def __init__(self, config: Any, ctx: DriverContext):
         self.config = config
         self.ctx = ctx
+        self.threads: list[threading.Thread] = []  # the driver's own threads: one dying stops the watchdog
+
+    def alive(self) -> str | None:
+        """None while the driver works; else why not (its thread died, no progress for too long)."""
+        for thread in self.threads:
+            if not thread.is_alive():
+                return f"driver {self.ctx.name}: thread {thread.name} is not running"
+        idle_s = time.monotonic() - self.ctx.last_progress
+        if idle_s > self.stall_after_s:
+            return f"driver {self.ctx.name}: no progress for {idle_s:.0f} s"
+        return None
 
     @classmethod
     def instance_name(cls, config: Any) -> str:

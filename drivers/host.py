@@ -75,10 +75,12 @@ class HostDriver(Driver):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.power: dict[str, Any] = {}
+        self.stall_after_s = max(type(self).stall_after_s, 3 * config.power_check_s)  # it wakes that often
 
     def start(self) -> None:
         psutil.cpu_percent(interval=None)  # the first call only sets the baseline
         self._thread = threading.Thread(target=self._run, name="driver-host", daemon=True)
+        self.threads.append(self._thread)
         self._thread.start()
 
     def stop(self) -> None:

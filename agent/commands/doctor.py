@@ -25,8 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.publisher import _why
-
 HELP = "self-test: config, serial, GPIO, broker, TLS, login, clock, disk, power, systemd (exit 0/1/2)"
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -626,3 +624,9 @@ def _days(seconds: float) -> str:
 
 def _date(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _why(err: BaseException) -> str:
+    from agent.publisher import _why as publisher_why  # paho is imported only when doctor runs
+
+    return publisher_why(err)
