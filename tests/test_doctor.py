@@ -61,6 +61,7 @@ def test_every_check_against_a_running_agent(broker, make_config, run_agent):
     text = done.stdout
     assert f"OK   config: {config} (box test-001; drivers: none)" in text
     assert "OK   agent: running (pid " in text
+    assert f"OK   control socket: {path} mode 0660, group " in text
     assert "OK   broker name: 127.0.0.1 is 127.0.0.1" in text
     assert f"OK   broker tcp: 127.0.0.1:{broker.port} accepts connections" in text
     assert "OK   mqtt login: the running agent is logged in as test-001" in text

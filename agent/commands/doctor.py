@@ -126,8 +126,26 @@ def check_agent(ctx: Context) -> list[Result]:
     except UnavailableError as err:
         return [Result(WARN, "agent", str(err), "check diagnostics.socket and its group")]
     service = ctx.agent.get("service", {})
-    return [Result(OK, "agent", f"running (pid {service.get('pid')}, up {ctx.agent.get('uptime_s')} s, "
-                   f"boxtel {ctx.agent.get('version')})")]
+    results = [Result(OK, "agent", f"running (pid {service.get('pid')}, up {ctx.agent.get('uptime_s')} s, "
+                      f"boxtel {ctx.agent.get('version')})")]
+    return results + check_socket_access(ctx)
+
+
+def check_socket_access(ctx: Context) -> list[Result]:
+    """The socket's mode and group: who besides root may run status/watch/pins."""
+    wanted = ctx.config.diagnostics.group if ctx.config is not None else ""
+    try:
+        st = os.stat(ctx.socket_path)
+    except OSError:
+        return []
+    mode, group = st.st_mode & 0o777, _group_name(st.st_gid)
+    detail = f"{ctx.socket_path} mode {mode:04o}, group {group}"
+    if mode != 0o660:
+        return [Result(WARN, "control socket", detail, "the agent sets 0660 at start: restart it")]
+    if wanted and group != wanted:
+        return [Result(WARN, "control socket", f"{detail}, not {wanted} (diagnostics.group)",
+                       f"the agent's log says why; until then add technicians to group {group}")]
+    return [Result(OK, "control socket", f"{detail}: its members may run status, watch and pins")]
 
 
 def check_serial(ctx: Context) -> list[Result]:
@@ -589,7 +607,10 @@ def _owner_text(path: str) -> str:
 
 
 def _group_of(path: str) -> str:
-    gid = os.stat(path).st_gid
+    return _group_name(os.stat(path).st_gid)
+
+
+def _group_name(gid: int) -> str:
     try:
         return grp.getgrgid(gid).gr_name
     except KeyError:
