@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -18,7 +17,7 @@ import drivers
 from agent.cli import main
 from agent.commands.doctor import FAIL, OK, WARN, Result, exit_code, filesystem_type
 from tests.diag_support import FakeGps, agent_in_process, is_socket
-from tests.support import ROOT, boxtel, wait_until
+from tests.support import boxtel, wait_until
 
 LINE = re.compile(r"^(OK  |WARN|FAIL) [a-z ]+: .+")
 GGA = b"$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47\r\n"
@@ -195,7 +194,7 @@ def test_a_refused_login(make_broker, make_config, tmp_path, capsys):
 
 
 def test_a_read_only_state_dir():
-    """The service user cannot write the state dir. Root writes anywhere, so as root doctor runs as nobody."""
+    """The service user cannot write the state dir. Root writes anywhere, so as root doctor checks as nobody."""
     folder = Path(tempfile.mkdtemp(prefix="boxtel-doctor-"))
     try:
         folder.chmod(0o755)
@@ -205,15 +204,11 @@ def test_a_read_only_state_dir():
         config.write_text(f'[box]\nid = "test-001"\nstate_dir = "{state}"\n[mqtt]\nport = 1\n'
                           f'[diagnostics]\nsocket = "{folder / "control.sock"}"\n')
         config.chmod(0o644)
-        command = ["doctor", "-c", str(config)]
         if os.geteuid() == 0:
-            if not shutil.which("setpriv"):
-                pytest.skip("running as root without setpriv to drop privileges")
-            done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                                   sys.executable, "-m", "agent", *command],
-                                  capture_output=True, text=True, cwd=ROOT, timeout=60)
+            done = boxtel("doctor", "--user", "nobody", "-c", str(config))
+            assert done.stdout.splitlines()[0] == "OK   user: checking as nobody, the user the agent runs as"
         else:
-            done = boxtel(*command)
+            done = boxtel("doctor", "-c", str(config))
         line = next(line for line in done.stdout.splitlines() if line.startswith(("OK   state dir", "FAIL state dir")))
         assert line.startswith(f"FAIL state dir: {state} is not writable: Permission denied — chown -R ")
         assert done.returncode == 2

@@ -9,7 +9,9 @@ the one to fix. Run it as root or as the service user: it reads the same files t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
+import importlib
 import os
 import pwd
 import socket
@@ -37,6 +39,10 @@ MIN_FREE_MB = 10.0
 SERVICE = "boxtel.service"
 _VOLATILE_FS = {"tmpfs", "ramfs", "overlay", "squashfs"}
 _GPIO_SECTIONS = ("generator", "water", "locker")
+_PRELOAD = (
+    "agent.config", "agent.control", "agent.clock", "agent.publisher", "drivers.host", "drivers.gps",
+    "psutil", "serial", "gpiozero", "importlib.metadata", "paho.mqtt.client", "tomllib", "json", "logging", "encodings.idna",
+)
 # X509_V_ERR_* codes from OpenSSL's x509_vfy.h that have their own advice.
 _CERT_NOT_YET_VALID = 9
 _CERT_EXPIRED = 10
@@ -79,15 +85,43 @@ class Context:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--user", metavar="NAME",
+                        help="run as root: check as this user (default: the unit's User=)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.errors import UsageError
+
+    ctx = Context(args.config)
+    if args.user and os.geteuid() != 0:
+        raise UsageError("--user needs root (it switches to that user)")
     results = []
-    for result in run_checks(Context(args.config)):
+    if os.geteuid() == 0:
+        user = args.user or ctx.service_user()
+        if user != "root":
+            results.append(become(ctx, user))
+            print(results[-1].line(), flush=True)
+    for result in run_checks(ctx):
         print(result.line(), flush=True)
         results.append(result)
     return exit_code(results)
+
+
+def become(ctx: Context, user: str) -> Result:
+    """Run the checks as the service's user: root reads every file and port, the agent does not (and the
+    agent's secrets must be owned by it, so root would be refused them)."""
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return Result(WARN, "user", f"no user {user}: checking as root", "create it (make install does)")
+    for module in _PRELOAD:  # the user may not read every folder root imported from
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+    os.initgroups(user, account.pw_gid)
+    os.setgid(account.pw_gid)
+    os.setuid(account.pw_uid)
+    ctx._service_user = user
+    return Result(OK, "user", f"checking as {user}, the user the agent runs as")
 
 
 def run_checks(ctx: Context) -> Iterable[Result]:
