@@ -213,9 +213,15 @@ class ControlServer:
             except OSError:
                 data = b""
             if data == b"":
-                self._close(client)
-                return
-            if data:
+                # The client is done sending (`echo '{"cmd":"status"}' | socat - UNIX-CONNECT:...` half-
+                # closes): answer what it asked, then close. A watcher that hangs up is gone.
+                client.eof = True
+                if client.inbuf and not client.inbuf.endswith(b"\n"):
+                    client.inbuf += b"\n"  # the last request needs no newline
+                if client.watching:
+                    self._close(client)
+                    return
+            elif data:
                 client.inbuf += data
         if events & selectors.EVENT_WRITE or client.outbuf:
             if not self._flush(client):
@@ -231,6 +237,9 @@ class ControlServer:
                 return
         if len(client.inbuf) > MAX_REQUEST_BYTES:
             client.send_now({"ok": False, "error": f"request longer than {MAX_REQUEST_BYTES} bytes"})
+            self._close(client)
+            return
+        if client.eof and not client.outbuf and (client.watching or b"\n" not in client.inbuf):
             self._close(client)
             return
         self._update_interest(client)
@@ -311,7 +320,7 @@ class ControlServer:
             client.write({"type": kind, "stream": stream, "seq": seq, "payload": payload})
 
     def _update_interest(self, client: _Client) -> None:
-        want = selectors.EVENT_READ
+        want = 0 if client.eof else selectors.EVENT_READ  # at EOF a socket is always "readable"
         if client.outbuf or client.queue or client.dropped:
             want |= selectors.EVENT_WRITE
         if want != client.interest:
@@ -355,6 +364,7 @@ class _Client:
         self.watching = False
         self.queue: collections.deque = collections.deque()
         self.dropped = 0  # not yet reported to this client
+        self.eof = False  # the client has stopped sending
         self.interest = selectors.EVENT_READ
 
     def write(self, message: dict[str, Any]) -> None:

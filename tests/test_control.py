@@ -170,3 +170,15 @@ def test_watch_streams_accepted_readings_and_events_with_their_seq(broker, make_
         assert event["payload"]["kind"] == "door_opened" and event["payload"]["source"] == "testpins"
         assert event["seq"] > reading["seq"]
         stream.close()
+
+
+def test_a_client_that_half_closes_still_gets_its_answer(broker, make_config, run_agent):
+    """As `printf '{"cmd":"pins"}' | socat - UNIX-CONNECT:...` does: no newline, then EOF."""
+    config = make_config(broker, SIMULATED)
+    run_agent(config)
+    wait_until(lambda: is_socket(socket_of(config)), what="the control socket")
+    with control.connect(socket_of(config)) as sock:
+        sock.sendall(b'{"cmd": "pins"}')
+        sock.shutdown(socket.SHUT_WR)
+        lines = sock.makefile("rb").read().splitlines()
+    assert [json.loads(line) for line in lines] == [{"ok": True, "pins": []}]
