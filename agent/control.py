@@ -98,7 +98,10 @@ class ControlServer:
                 os.unlink(self.path)
         except OSError:
             pass
-        for fd in (self._wake_r, self._wake_w):
+        with self._lock:
+            self._watchers.clear()  # nothing more to feed; and never write to a closed (reused) fd
+            wake_fds, self._wake_r, self._wake_w = (self._wake_r, self._wake_w), -1, -1
+        for fd in wake_fds:
             os.close(fd)
 
     def snapshot(self) -> dict[str, Any]:
@@ -119,8 +122,8 @@ class ControlServer:
                     continue
                 client.queue.append(item)
                 wake = wake or len(client.queue) == 1
-        if wake:
-            self._wake()
+            if wake:
+                self._wake()
 
     # -- binding -----------------------------------------------------------------------------------
     def _bind(self) -> None:
@@ -339,6 +342,8 @@ class ControlServer:
             self._update_interest(client)
 
     def _wake(self) -> None:
+        if self._wake_w < 0:
+            return
         try:
             os.write(self._wake_w, b"\0")
         except (BlockingIOError, OSError):
