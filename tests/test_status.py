@@ -88,6 +88,7 @@ def test_alarms_and_host_trouble_are_marked_with_their_reason():
             "host": {"values": {"undervoltage": "active", "disk_used_pct": 95.0}, "alarms": {"undervoltage": "warning"}},
             "locker/armory": {"values": {"door": "open"}, "alarms": {"door_open_too_long": "alarm"}},
             "gps": {"values": None, "alarms": {}, "link": "disconnected", "last_error": "cannot open /dev/ttyS0"},
+            "gps2": {"values": {"fix": "none", "sats": 2}, "alarms": {}, "link": "connected", "fix": "none"},
         },
     }
     shown = {m.subsystem: m for m in assess(snapshot)}
@@ -98,6 +99,7 @@ def test_alarms_and_host_trouble_are_marked_with_their_reason():
     assert "state disk 95.0 % full" in shown["host"].detail
     assert (shown["locker/armory"].mark, shown["locker/armory"].detail) == (FAIL, "alarm: door_open_too_long")
     assert shown["gps"].mark == FAIL and shown["gps"].detail == "link disconnected: cannot open /dev/ttyS0"
+    assert (shown["gps2"].mark, shown["gps2"].detail) == (WARN, "no fix")
 
 
 def test_watch_prints_plain_lines_when_piped_and_ctrl_c_exits_0(broker, make_config, run_agent):

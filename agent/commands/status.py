@@ -126,6 +126,8 @@ def _driver(name: str, status: dict[str, Any]) -> Mark:
     if link is not None and link != "connected":
         return Mark(name, FAIL, f"link {link}" + (f": {status['last_error']}" if status.get("last_error") else ""))
     problems = [f"warning: {a}" for a in sorted(alarms)]
+    if status.get("fix") == "none":  # a GPS that talks but has no position yet (sky view, antenna)
+        problems.append("no fix")
     if name == "host" and values:
         problems += _host_problems(values)
     errors = sum((status.get("errors") or {}).values())
