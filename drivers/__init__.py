@@ -11,6 +11,9 @@ import importlib
 # config section -> "module:Class"
 REGISTRY: dict[str, str] = {
     "host": "drivers.host:HostDriver",
+    "generator": "drivers.generator:GeneratorDriver",
+    "water": "drivers.water:WaterDriver",
+    "locker": "drivers.locker:LockerDriver",
 }
 
 
