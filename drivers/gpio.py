@@ -458,9 +458,9 @@ class GpioDriver(Driver):
     def _maybe_save(self, now: float) -> None:
         if (self._save_soon_at is not None and now >= self._save_soon_at) or \
                 now - self._counters_saved_at >= _SAVE_COUNTERS_S:
-            self._save_now()
+            self._save_now(now)
 
-    def _save_now(self) -> None:
+    def _save_now(self, now: float | None = None) -> None:
         data = {**self.persistent(), "alarms": self.ctx.active_alarms()}
         try:
             self.ctx.save_state(data)
@@ -468,7 +468,7 @@ class GpioDriver(Driver):
             self.ctx.error("state_save", f"cannot save {self.ctx.name} state: {err.strerror}")
             return
         self._save_soon_at = None
-        self._counters_saved_at = time.monotonic()
+        self._counters_saved_at = time.monotonic() if now is None else now
 
     # -- diagnostics -------------------------------------------------------------------------------
     def pins(self) -> list[dict[str, Any]]:

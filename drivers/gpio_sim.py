@@ -40,7 +40,7 @@ class GpioScenario(Simulator):
         for config in self.configs:
             for wire in self.inputs(config):
                 if wire is not None:  # at rest (inactive) before the driver opens the pin
-                    self.factory.pin(wire.pin, pin_class=_wired_pin_class(), level=not wire.active_high)
+                    wire_pin(self.factory, wire.pin, high=not wire.active_high)
             self.script(config)
         self._steps.sort(key=lambda step: step[0])
         self._thread = threading.Thread(target=self._run, name=f"sim-{type(self).__name__}", daemon=True)
@@ -66,7 +66,7 @@ class GpioScenario(Simulator):
         """Have the ADC channel read `pct_at(seconds into the cycle)` percent (of its calibration)."""
         if config is None:
             return
-        chip = _mock_adc(self.factory, config)
+        chip = mock_adc(self.factory, config)
 
         def raw() -> int:
             pct = pct_at(self.elapsed() % CYCLE_S) / 100.0
@@ -210,6 +210,11 @@ class LockerSimulator(GpioScenario):
         self.drive(door, False)
 
 
+def wire_pin(factory: Any, pin: int, *, high: bool) -> Any:
+    """A mock input held `high` or low by what is wired to it, whatever pull the driver sets."""
+    return factory.pin(pin, pin_class=_wired_pin_class(), level=high)
+
+
 @functools.cache
 def _wired_pin_class() -> type:
     from gpiozero.pins.mock import MockPin
@@ -242,7 +247,8 @@ def _wired_pin_class() -> type:
 _adcs: dict[tuple[int, int, int], Any] = {}
 
 
-def _mock_adc(factory: Any, config: AdcConfig) -> Any:
+def mock_adc(factory: Any, config: AdcConfig) -> Any:
+    """The mock chip on `config`'s SPI bus; set `levels[channel]` to a callable returning the raw reading."""
     key = (id(factory), config.spi_port, config.spi_device)
     if key not in _adcs:
         _adcs[key] = _mock_adc_class()(factory, config.spi_device, ADC_CHIPS[config.chip].bit_length())
@@ -252,6 +258,12 @@ def _mock_adc(factory: Any, config: AdcConfig) -> Any:
 def _forget_adcs(factory: Any) -> None:
     for key in [k for k in _adcs if k[0] == id(factory)]:
         _adcs.pop(key).close()
+
+
+def reset_mock_hardware(factory: Any) -> None:
+    """Fresh pins and no mock chips (between tests)."""
+    _forget_adcs(factory)
+    factory.reset()
 
 
 def _mock_adc_class() -> type:

@@ -109,3 +109,17 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for key in folder.glob("*.key"):
         key.chmod(0o600)
     return {p.stem.replace("-", "_") + "_" + p.suffix[1:]: p for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.fixture
+def mock_pins() -> Iterator[Any]:
+    """gpiozero's MockFactory -- the one GPIO drivers get with gpio.pin_factory = "mock" -- with fresh pins."""
+    from drivers.gpio import pin_factory
+    from drivers.gpio_sim import reset_mock_hardware
+    from tests.gpio_support import close_rigs
+
+    factory = pin_factory("mock")
+    reset_mock_hardware(factory)
+    yield factory
+    close_rigs()
+    reset_mock_hardware(factory)
