@@ -66,6 +66,7 @@ class GeneratorDriver(GpioDriver):
         self.fuel = None
         if self.config.fuel is not None:
             self.fuel = self.add_device(AnalogInput("generator fuel", self.config.fuel, factory))
+            self.tick_s = min(self.tick_s, self.config.fuel.interval_s)
 
     def begin(self, now: float) -> None:
         self.run_hours = float(self.saved.get("run_hours", 0.0))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,27 +109,31 @@ def pin_factory(name: str) -> Any:
     with _factories_lock:
         if name in _factories:
             return _factories[name]
-        try:
-            if name == "mock":
-                from gpiozero.pins.mock import MockFactory
-
-                factory = MockFactory()
-            elif name == "":
-                factory = Device._default_pin_factory()  # gpiozero's own preference order
-            else:
-                factory = _named_factory(name)
-        except (BadPinFactory, ImportError, OSError, RuntimeError) as err:
-            raise UnavailableError(
-                f"no GPIO access ({name or 'default'} pin factory): {err}; on a machine without GPIO set "
-                'gpio.pin_factory = "mock" or run with --simulate'
-            ) from None
+        with warnings.catch_warnings(record=True) as fallbacks:
+            warnings.simplefilter("always")  # gpiozero warns per factory it skips: the reasons go in our line
+            try:
+                factory = _make_factory(name)
+            except (BadPinFactory, ImportError, OSError, RuntimeError) as err:
+                tried = "; ".join(str(w.message) for w in fallbacks)
+                raise UnavailableError(
+                    f"no GPIO access ({name or 'default'} pin factory): {err}{f' ({tried})' if tried else ''}; "
+                    'on a machine without GPIO set gpio.pin_factory = "mock" or run with --simulate'
+                ) from None
         if Device.pin_factory is None:
             Device.pin_factory = factory  # gpiozero's helpers (MockSPIDevice) look here
         _factories[name] = factory
         return factory
 
 
-def _named_factory(name: str) -> Any:
+def _make_factory(name: str) -> Any:
+    from gpiozero import Device
+
+    if name == "mock":
+        from gpiozero.pins.mock import MockFactory
+
+        return MockFactory()
+    if name == "":
+        return Device._default_pin_factory()  # gpiozero's own preference order (lgpio first)
     from importlib.metadata import entry_points
 
     for entry in entry_points(group="gpiozero_pin_factories"):
@@ -318,6 +323,7 @@ class GpioDriver(Driver):
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self.tick_s = _TICK_S  # a subclass sampling an ADC faster shortens it
         self._save_soon_at: float | None = None
         self._counters_saved_at = time.monotonic()
         self.saved = ctx.load_state()  # what the last run left: counters, last states, active alarms
@@ -417,13 +423,13 @@ class GpioDriver(Driver):
         self._devices.clear()
 
     def _run(self) -> None:
-        next_tick = time.monotonic() + _TICK_S
+        next_tick = time.monotonic() + self.tick_s
         while not self._stop.is_set():
             self._wake.clear()
             now = time.monotonic()
             due = now >= next_tick
             if due:
-                next_tick = now + _TICK_S
+                next_tick = now + self.tick_s
             try:
                 self.step(now, tick=due)
             except Exception as err:  # noqa: BLE001 - keep watching the pins; the error shows in health

@@ -182,20 +182,23 @@ class WaterSimulator(GpioScenario):
 
 
 class LockerSimulator(GpioScenario):
-    """Each locker in turn: a short visit, then one left open too long; the last locker's switch wire
-    works loose for two seconds at 50 s."""
+    """The first locker: a short visit at 5 s, then left open too long from 18 s. Each other locker: one
+    visit, a few seconds apart. The last locker's switch wire works loose for two seconds at 50 s."""
 
     def inputs(self, config: Any) -> list[InputConfig | None]:
         return [config.door]
 
     def script(self, config: Any) -> None:
         index = self.configs.index(config)
-        offset = 3.0 * index
-        self.set_input(5.0 + offset, config.door, True)
-        self.set_input(12.0 + offset, config.door, False)
-        too_long = min(config.open_too_long_s * self.speed + 3.0, 30.0)
-        self.set_input(18.0 + offset, config.door, True)
-        self.set_input(18.0 + offset + too_long, config.door, False)
+        if index == 0:
+            self.set_input(5.0, config.door, True)
+            self.set_input(12.0, config.door, False)
+            too_long = min(config.open_too_long_s * self.speed + 3.0, 30.0)
+            self.set_input(18.0, config.door, True)
+            self.set_input(18.0 + too_long, config.door, False)
+        else:
+            self.set_input(5.0 + 3.0 * index, config.door, True)
+            self.set_input(12.0 + 3.0 * index, config.door, False)
         if index == len(self.configs) - 1:
             self.at(50.0, lambda: self._chatter(config.door, seconds=2.0))
 

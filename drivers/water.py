@@ -80,6 +80,7 @@ class WaterDriver(GpioDriver):
         self.tank = None
         if config.tank is not None:
             self.tank = self.add_device(AnalogInput("water tank", config.tank, factory))
+            self.tick_s = min(self.tick_s, config.tank.interval_s)
         if not self.inputs and self.flow is None and self.tank is None:
             self.ctx.log.warning("[water] configures no inputs (tank, float_low/high, flow, pump, leak): "
                                  "it reports nothing")

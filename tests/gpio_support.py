@@ -89,14 +89,21 @@ class Rig:
 
 @contextmanager
 def agent_in_process(config_path: Path) -> Iterator[Agent]:
-    """`boxtel run` in this process: its GPIO drivers open the test's mock pins."""
-    agent = Agent(config_module.load(config_path))
-    thread = threading.Thread(target=agent.run, name="test-agent", daemon=True)
+    """`boxtel run` in this process: its GPIO drivers open the test's mock pins. The Agent is built in
+    the thread that runs it (its SQLite outbox belongs to one thread)."""
+    built: list[Agent] = []
+    config = config_module.load(config_path)
+
+    def run() -> None:
+        built.append(Agent(config))
+        built[0].run()
+
+    thread = threading.Thread(target=run, name="test-agent", daemon=True)
     thread.start()
+    wait_until(lambda: built and built[0].publisher.connected, 15, "the agent to connect")
     try:
-        wait_until(lambda: agent.publisher.connected, 15, "the agent to connect")
-        yield agent
+        yield built[0]
     finally:
-        agent.request_stop()
+        built[0].request_stop()
         thread.join(15)
         assert not thread.is_alive(), "the agent did not stop"
