@@ -3,7 +3,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["footprint"]
+BENCHMARKS = ["footprint", "gpio"]
 
 
 def main(argv: list[str]) -> int:

@@ -109,7 +109,7 @@ class GeneratorDriver(GpioDriver):
         if self.fuel is not None and now - self._fuel_at >= self.config.fuel.interval_s:
             self._fuel_at = now
             self._sample_fuel(now)
-        self.ctx.reading(self.values())
+        self.report(self.values())
 
     def _account(self, now: float) -> None:
         if self.inputs["running"].active and now > self._accounted_at:

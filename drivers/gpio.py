@@ -32,7 +32,7 @@ ADC_CHIPS = {"MCP3008": 1023, "MCP3208": 4095}  # chip -> largest raw reading
 CHATTER_WINDOW_S = 2.0  # edges are counted over this window
 _SAVE_COUNTERS_S = 60.0  # run_hours / total_l: a power cut costs at most this much of them
 _SAVE_SOON_S = 1.0  # a state change or alarm is saved within this (it tells a restart what it missed)
-_TICK_S = 1.0  # periodic work (counters, timers, schedules); also the watchdog's proof of life
+_TICK_S = 2.0  # periodic work (counters, schedules) and the watchdog's proof of life; an idle box sleeps
 
 
 @dataclass(kw_only=True)
@@ -323,7 +323,7 @@ class GpioDriver(Driver):
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.tick_s = _TICK_S  # a subclass sampling an ADC faster shortens it
+        self.tick_s = _TICK_S  # a subclass sampling an ADC or counting flow shortens it
         self._save_soon_at: float | None = None
         self._counters_saved_at = time.monotonic()
         self.saved = ctx.load_state()  # what the last run left: counters, last states, active alarms
@@ -343,6 +343,15 @@ class GpioDriver(Driver):
 
     def persistent(self) -> dict[str, Any]:
         return {}
+
+    def timer(self) -> float | None:
+        """When a subclass's own deadline (e.g. a door open too long) falls due, or None."""
+        return None
+
+    def report(self, values: dict[str, Any]) -> None:
+        """Periodic state: only a change wakes the core (it re-sends unchanged state on its own)."""
+        if values != self.ctx.last_values:
+            self.ctx.reading(values)
 
     def input_state(self, name: str, active: bool) -> str:
         return "active" if active else "inactive"
@@ -427,7 +436,8 @@ class GpioDriver(Driver):
         while not self._stop.is_set():
             self._wake.clear()
             now = time.monotonic()
-            due = now >= next_tick
+            timer = self.timer()
+            due = now >= next_tick or (timer is not None and now >= timer)
             if due:
                 next_tick = now + self.tick_s
             try:
@@ -436,6 +446,9 @@ class GpioDriver(Driver):
                 self.ctx.error("driver_failed", f"{self.ctx.name}: {err!r}")
             self.ctx.progress()
             deadlines = [d for d in (i.deadline() for i in self.inputs.values()) if d is not None]
+            timer = self.timer()
+            if timer is not None and timer > now:
+                deadlines.append(timer)
             wait_s = min([next_tick, *deadlines]) - time.monotonic()
             if wait_s > 0:
                 self._wake.wait(wait_s)
@@ -443,8 +456,8 @@ class GpioDriver(Driver):
     def step(self, now: float, *, tick: bool = True) -> None:
         """Settle inputs; with `tick`, the periodic work too. Tests call it with the time they choose."""
         self._settle(now)
+        self._check_chatter(now)  # on every wake: a chattering input wakes us at each settle deadline
         if tick:
-            self._check_chatter(now)
             self.tick(now)
             self._maybe_save(now)
 

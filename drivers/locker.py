@@ -123,7 +123,12 @@ class LockerDriver(GpioDriver):
         if self.opened_mono is not None and now - self.opened_mono >= self.config.open_too_long_s:
             self.alarm("door_open_too_long", True, state=self.values(), open_s=round(now - self.opened_mono),
                        limit_s=self.config.open_too_long_s)
-        self.ctx.reading(self.values())
+        self.report(self.values())
+
+    def timer(self) -> float | None:
+        if self.opened_mono is None or "door_open_too_long" in self.ctx.active_alarms():
+            return None
+        return self.opened_mono + self.config.open_too_long_s
 
     def on_chatter(self, name: str, chattering: bool, now: float) -> None:
         door = self.inputs["door"]

@@ -77,6 +77,7 @@ class WaterDriver(GpioDriver):
         self.flow = None
         if config.flow is not None:
             self.flow = self.add_device(PulseCounter("water flow", config.flow, factory))
+            self.tick_s = 1.0  # flow_lpm and continuous flow follow the pulses closely
         self.tank = None
         if config.tank is not None:
             self.tank = self.add_device(AnalogInput("water tank", config.tank, factory))
@@ -115,7 +116,7 @@ class WaterDriver(GpioDriver):
             self._check_tank()
         if self.flow is not None:
             self._update_flow(now)
-        self.ctx.reading(self.values())
+        self.report(self.values())
 
     # -- tank --------------------------------------------------------------------------------------
     def _sample_tank(self) -> None:
