@@ -19,7 +19,7 @@ from drivers.gpio import (
     GpioDriver,
     GpioDriverSettings,
     InputConfig,
-    adc_claim,
+    adc_claims,
     input_claims,
 )
 
@@ -56,7 +56,7 @@ class GeneratorDriver(GpioDriver):
         claims = input_claims(key, {"running": config.running})
         claims += input_claims(f"{key}.faults", config.faults)
         if config.fuel is not None:
-            claims.append(adc_claim(f"{key}.fuel", config.fuel))
+            claims += adc_claims(f"{key}.fuel", config.fuel)
         return claims
 
     def open(self, factory: Any) -> None:

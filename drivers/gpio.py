@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from agent.config import SHARED
 from agent.errors import ConfigError, UnavailableError
 from agent.schema import SettingError, setting
 from agent.throttle import StreamSettings
@@ -91,8 +92,16 @@ def input_claims(key: str, inputs: dict[str, InputConfig | None]) -> list[tuple[
     return [(f"{key}.{name}.pin", f"GPIO{cfg.pin}") for name, cfg in inputs.items() if cfg is not None]
 
 
-def adc_claim(key: str, adc: AdcConfig) -> tuple[str, str]:
-    return key, f"ADC channel {adc.channel} on SPI{adc.spi_port}.{adc.spi_device}"
+# SPI bus pins: (MISO, MOSI, SCLK) and the chip selects, per port
+_SPI_PINS = {0: ((9, 10, 11), (8, 7)), 1: ((19, 20, 21), (18, 17))}
+
+
+def adc_claims(key: str, adc: AdcConfig) -> list[tuple[str, str]]:
+    """The channel is the ADC's alone; the bus pins are shared with other ADC users, never with an input."""
+    bus, selects = _SPI_PINS[adc.spi_port]
+    claims = [(key, f"ADC channel {adc.channel} on SPI{adc.spi_port}.{adc.spi_device}")]
+    claims += [(key, f"{SHARED}GPIO{pin}") for pin in (*bus, selects[adc.spi_device])]
+    return claims
 
 
 # -- the pin factory ---------------------------------------------------------------------------------
@@ -402,7 +411,7 @@ class GpioDriver(Driver):
             self.open(self._factory)
         except (GPIOPinInUse, PinInvalidPin) as err:
             self._close_devices()
-            raise ConfigError(f"{self.ctx.name}: {err}", key=self.section) from None
+            raise ConfigError(f"{self.ctx.name}: GPIO pin conflict: {err}") from None
         except (GPIOZeroError, OSError) as err:
             self._close_devices()
             raise UnavailableError(f"{self.ctx.name}: cannot open its GPIO inputs: {err}") from None

@@ -20,7 +20,7 @@ from drivers.gpio import (
     GpioDriverSettings,
     InputConfig,
     PulseCounter,
-    adc_claim,
+    adc_claims,
     input_claims,
 )
 
@@ -66,7 +66,7 @@ class WaterDriver(GpioDriver):
     def claims(cls, config: WaterConfig, key: str) -> list[tuple[str, str]]:
         claims = input_claims(key, {name: getattr(config, name) for name in _INPUTS})
         if config.tank is not None:
-            claims.append(adc_claim(f"{key}.tank", config.tank))
+            claims += adc_claims(f"{key}.tank", config.tank)
         return claims
 
     def open(self, factory: Any) -> None:

@@ -81,6 +81,8 @@ def test_pins_rows(door):
      "generator.faults.low_oil.pin: GPIO17 is already used by generator.running.pin"),
     ({"generator": {"running": {"pin": 17}, "fuel": {"channel": 2}}, "water": {"tank": {"channel": 2}}},
      "water.tank: ADC channel 2 on SPI0.0 is already used by generator.fuel"),
+    ({"generator": {"running": {"pin": 17}, "fuel": {"channel": 0}}, "locker": [{"name": "a", "door": {"pin": 10}}]},
+     "locker[0].door.pin: GPIO10 is already used by generator.fuel"),  # the ADC's SPI bus (MOSI)
     ({"generator": {"faults": {"low_oil": {"pin": 27}}}}, "generator.running: missing required key"),
     ({"gpio": {"pin_factory": "wiringpi"}}, 'gpio.pin_factory: expected one of "", "mock"'),
 ])
@@ -89,6 +91,13 @@ def test_gpio_config_errors_exit_78_with_one_line(make_config, extra, expected):
     assert result.returncode == 78, result.stdout
     assert expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_two_adc_channels_share_one_spi_bus(make_config):
+    config = make_config(extra={"generator": {"running": {"pin": 17}, "fuel": {"channel": 0}},
+                                "water": {"tank": {"channel": 1}}})
+    result = boxtel("check-config", "-c", str(config))
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_machine_without_gpio_says_so_and_exits_69(make_config, broker):
