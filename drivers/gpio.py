@@ -31,6 +31,7 @@ from drivers.base import Driver, DriverContext
 BCM_PINS = range(0, 28)  # GPIO0..GPIO27 on the 40-pin header of every Pi since the B+
 ADC_CHIPS = {"MCP3008": 1023, "MCP3208": 4095}  # chip -> largest raw reading
 CHATTER_WINDOW_S = 2.0  # edges are counted over this window
+_EDGES_KEPT = 4096  # bounds memory on a floating pin; still far above any chatter limit
 _SAVE_COUNTERS_S = 60.0  # run_hours / total_l: a power cut costs at most this much of them
 _SAVE_SOON_S = 1.0  # a state change or alarm is saved within this (it tells a restart what it missed)
 _TICK_S = 2.0  # periodic work (counters, schedules) and the watchdog's proof of life; an idle box sleeps
@@ -163,7 +164,7 @@ class DebouncedInput:
         self._debounce_s = config.debounce_ms / 1000.0
         self._wake = wake
         self._lock = threading.Lock()
-        self._edges: deque[float] = deque()
+        self._edges: deque[float] = deque(maxlen=_EDGES_KEPT)
         self._settle_at: float | None = None
         self._train_start: float | None = None
         owner = self
@@ -257,7 +258,7 @@ class PulseCounter:
         self.config = config
         self.count = 0
         self._lock = threading.Lock()
-        self._edges: deque[float] = deque()
+        self._edges: deque[float] = deque(maxlen=_EDGES_KEPT)
         owner = self
 
         class _Device(DigitalInputDevice):
@@ -403,15 +404,15 @@ class GpioDriver(Driver):
 
     def open_pins(self) -> None:
         """Open the inputs and report the state read from them (start() without the thread)."""
-        from gpiozero.exc import GPIOPinInUse, GPIOZeroError, PinInvalidPin
+        from gpiozero.exc import GPIOPinInUse, GPIOZeroError, PinFixedPull, PinInvalidPin
 
         gpio = self.ctx.settings.get("gpio")
         self._factory = pin_factory(getattr(gpio, "pin_factory", ""))
         try:
             self.open(self._factory)
-        except (GPIOPinInUse, PinInvalidPin) as err:
+        except (GPIOPinInUse, PinInvalidPin, PinFixedPull) as err:
             self._close_devices()
-            raise ConfigError(f"{self.ctx.name}: GPIO pin conflict: {err}") from None
+            raise ConfigError(f"{self.ctx.name}: {err}") from None
         except (GPIOZeroError, OSError) as err:
             self._close_devices()
             raise UnavailableError(f"{self.ctx.name}: cannot open its GPIO inputs: {err}") from None
