@@ -205,11 +205,12 @@ class LockerSimulator(GpioScenario):
     def _chatter(self, door: InputConfig, seconds: float) -> None:
         pin = self.factory.pin(door.pin)
         end = time.monotonic() + seconds / self.speed
+        gap_s = 0.005 / self.speed  # 100 edges per scenario second: five times the default chatter limit
         while time.monotonic() < end and not self._stop.is_set():
             pin.drive_high()
-            time.sleep(0.002)
+            time.sleep(gap_s)
             pin.drive_low()
-            time.sleep(0.002)
+            time.sleep(gap_s)
         self.drive(door, False)
 
 
