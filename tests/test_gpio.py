@@ -168,3 +168,22 @@ def test_simulated_minute_shows_every_event_and_each_alarm_once(make_config, bro
     assert sorted(raised) == sorted(ALARMS) and sorted(cleared) == sorted(ALARMS)
     stopped = next(e for e in seen if e["kind"] == "generator_stopped")
     assert stopped["run_s"] == pytest.approx(37 / speed, abs=1.5)
+
+
+def test_simulated_run_as_a_process_publishes_door_events(make_config, broker, subscribe, run_agent, tmp_path):
+    config = make_config(broker, extra={"locker": [{"name": "armory-1", "door": {"pin": DOOR}}]})
+    subscriber = subscribe("boxtel/test-001/#")
+    agent = run_agent(config, "--simulate")
+    subscriber.wait_for("boxtel/test-001/locker/armory-1", lambda p: p["door"] == "closed" and p["alarms"] == [])
+    opened = subscriber.wait_for("boxtel/test-001/events", lambda p: p["kind"] == "door_opened", timeout=20)
+    assert opened.json["source"] == "locker/armory-1" and opened.json["armed"] is False
+    assert agent.terminate() == 0
+    assert (tmp_path / "state" / "driver-locker_armory-1.json").exists()
+
+
+def test_driver_shows_progress_while_idle_and_stops_promptly(door):
+    started = door.ctx.last_progress
+    wait_until(lambda: door.ctx.last_progress > started + 1.0, 5, "progress from an idle driver")
+    begun = time.monotonic()
+    door.driver.stop()
+    assert time.monotonic() - begun < 0.5
