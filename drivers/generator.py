@@ -73,7 +73,7 @@ class GeneratorDriver(GpioDriver):
         self.run_s = float(self.saved.get("run_s", 0.0))
         self._accounted_at = now
         self.fuel_pct: float | None = None
-        self._fuel_low = False
+        self._fuel_low = self.fuel is not None and "fuel_low" in self.ctx.active_alarms()  # hysteresis survives
         self._fuel_at = now
         running = self.inputs["running"].active
         was_running = self.saved.get("running")

@@ -89,7 +89,9 @@ class WaterDriver(GpioDriver):
     def begin(self, now: float) -> None:
         self.total_l_base = float(self.saved.get("total_l", 0.0))
         self.tank_pct: float | None = None
-        self._adc_low = self._adc_high = False
+        # Hysteresis carries across a restart: an alarm still listed holds until its clear mark.
+        active = self.ctx.active_alarms() if self.tank is not None else {}
+        self._adc_low, self._adc_high = "tank_low" in active, "tank_overflow" in active
         self._tank_at = now
         self._flow_samples: deque[tuple[float, int]] = deque([(now, 0)])
         self.flow_lpm: float | None = 0.0 if self.flow is not None else None

@@ -161,3 +161,21 @@ def test_pins_rows_show_raw_and_meaning(tmp_path, mock_pins):
                                          "state": "running", "edges_per_s": 0.0}
     assert rows["generator fault low_oil"]["state"] == "ok"
     rig.driver.stop()
+
+
+def test_fuel_low_hysteresis_holds_across_a_restart(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins, fuel=FUEL)
+    adc = mock_adc(mock_pins, rig.config.fuel)
+    raw = [100 + 8 * 10]  # 10 %
+    adc.levels[0] = lambda: raw[0]
+    rig.driver.open_pins()
+    assert rig.alarms() == ["fuel_low"]
+    rig.driver.stop()
+    mock_pins.reset()
+
+    again = generator(tmp_path, mock_pins, fuel=FUEL)
+    adc = mock_adc(mock_pins, again.config.fuel)
+    adc.levels[0] = lambda: 100 + 8 * 22  # 22 %: above the low mark (20), below the clear mark (25)
+    again.driver.open_pins()
+    assert again.alarms() == [] and again.alarms("alarm_cleared") == []
+    assert again.state()["alarms"] == ["fuel_low"]
