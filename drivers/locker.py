@@ -90,6 +90,8 @@ class LockerDriver(GpioDriver):
             if saved_door is not None:  # it changed while we were not watching
                 self.ctx.event("door_opened" if door == OPEN else "door_closed", at_start=True,
                                **({"armed": self.armed} if door == OPEN else {"open_s": None}))
+                if door == OPEN and self.armed:  # opened during an armed period the agent missed
+                    self.alarm("door_opened_while_armed", True, at_start=True)
         if door == OPEN and self.opened_mono is None:
             self.opened_mono = now
         if door == CLOSED:

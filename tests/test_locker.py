@@ -128,7 +128,9 @@ def test_restart_reads_the_door_from_the_pin_and_reports_a_missed_change(tmp_pat
     opened = locker(tmp_path, mock_pins, door_open=True, always_armed=True)
     opened.driver.open_pins()
     assert opened.state()["door"] == "open"
-    assert [(e.kind, e.details.get("at_start")) for e in opened.events()] == [("door_opened", True)]
+    assert [(e.kind, e.details.get("at_start")) for e in opened.events()] == [("door_opened", True),
+                                                                              ("alarm_raised", True)]
+    assert opened.state()["alarms"] == ["door_opened_while_armed"]
     opened.driver.stop()
 
 
