@@ -41,7 +41,7 @@ def door(tmp_path, mock_pins):
 def test_a_5ms_bounce_train_gives_exactly_one_event(door):
     first_edge = bounce_train(door, DOOR, end_high=True)
     opened = door.wait_event("door_opened")
-    assert opened.mono == pytest.approx(first_edge, abs=0.002)  # the time of the change, not of settling
+    assert opened.mono == pytest.approx(first_edge, abs=0.01)  # the change (settling is 25 ms later)
     door.drive(DOOR, False)  # a marker: anything spurious from the train would come before it
     door.wait_event("door_closed")
     assert [e.kind for e in door.events()] == ["door_opened", "door_closed"]
