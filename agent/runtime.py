@@ -114,6 +114,7 @@ class Agent:
                 clock=self.clock,
                 state_dir=self.config.state_dir,
                 simulate=self.config.simulate,
+                settings=self.config.sections,
             )
             driver = cls(entry.config, ctx)
             settings = entry.config if isinstance(entry.config, StreamSettings) else StreamSettings()

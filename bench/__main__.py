@@ -3,7 +3,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["footprint", "gps", "fleet"]
+BENCHMARKS = ["footprint", "gps", "gpio", "fleet"]
 
 
 def main(argv: list[str]) -> int:

@@ -12,6 +12,9 @@ import importlib
 REGISTRY: dict[str, str] = {
     "host": "drivers.host:HostDriver",
     "gps": "drivers.gps:GpsDriver",
+    "generator": "drivers.generator:GeneratorDriver",
+    "water": "drivers.water:WaterDriver",
+    "locker": "drivers.locker:LockerDriver",
 }
 
 

@@ -124,3 +124,17 @@ def make_pty(tmp_path: Path) -> Iterator[Callable[..., Pty]]:
     yield make
     for pty in ptys:
         pty.close()
+
+
+@pytest.fixture
+def mock_pins() -> Iterator[Any]:
+    """gpiozero's MockFactory -- the one GPIO drivers get with gpio.pin_factory = "mock" -- with fresh pins."""
+    from drivers.gpio import pin_factory
+    from drivers.gpio_sim import reset_mock_hardware
+    from tests.gpio_support import close_rigs
+
+    factory = pin_factory("mock")
+    reset_mock_hardware(factory)
+    yield factory
+    close_rigs()
+    reset_mock_hardware(factory)
