@@ -17,6 +17,13 @@ from agent.errors import EX_USAGE, BoxtelError
 COMMANDS: dict[str, str] = {
     "run": "agent.commands.run",
     "check-config": "agent.commands.check_config",
+    "status": "agent.commands.status",
+    "watch": "agent.commands.watch",
+    "doctor": "agent.commands.doctor",
+    "pins": "agent.commands.pins",
+    "gps": "agent.commands.gps",
+    "fleet": "agent.commands.fleet",
+    "simulate-fleet": "agent.commands.simulate_fleet",
 }
 
 

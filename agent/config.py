@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
+from agent.homeassistant import HomeAssistantSettings
 from agent.schema import SettingError, build, setting
 from agent.secretfile import check_secret_file, read_secret
 
@@ -100,6 +101,7 @@ CORE_SECTIONS: dict[str, type] = {
     "diagnostics": DiagnosticsSettings,
     "outbox": OutboxSettings,
     "gpio": GpioSettings,
+    "homeassistant": HomeAssistantSettings,
 }
 
 
@@ -119,6 +121,7 @@ class Config:
     diagnostics: DiagnosticsSettings
     outbox: OutboxSettings
     gpio: GpioSettings
+    homeassistant: HomeAssistantSettings
     drivers: list[DriverEntry] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)  # every core section by name
 
@@ -213,16 +216,21 @@ def _check_unique_instances(config: Config) -> None:
         seen[name] = entry.key
 
 
+SHARED = "shared:"  # a claim prefix: users of a bus (SPI) may share it, but no one may take it alone
+
+
 def _check_claims(config: Config) -> None:
     """A pin or serial port claimed by two inputs is a wiring mistake: refuse it before anything starts."""
     from drivers import driver_class
 
-    owners: dict[str, str] = {}
+    owners: dict[str, tuple[str, bool]] = {}  # resource -> (key path, shared)
     for entry in config.drivers:
-        for key, resource in driver_class(entry.section).claims(entry.config, entry.key):
-            if resource in owners:
-                raise ConfigError(f"{resource} is already used by {owners[resource]}", file=config.file, key=key)
-            owners[resource] = key
+        for key, claim in driver_class(entry.section).claims(entry.config, entry.key):
+            shared = claim.startswith(SHARED)
+            resource = claim.removeprefix(SHARED)
+            if resource in owners and not (shared and owners[resource][1]):
+                raise ConfigError(f"{resource} is already used by {owners[resource][0]}", file=config.file, key=key)
+            owners.setdefault(resource, (key, shared))
 
 
 def _check_files(config: Config) -> None:

@@ -36,6 +36,7 @@ from agent import __version__, statefile
 from agent.clock import Clock
 from agent.config import Config, MqttSettings
 from agent.errors import ConfigError
+from agent.homeassistant import discovery_messages
 
 log = logging.getLogger("boxtel.mqtt")
 
@@ -121,6 +122,8 @@ class Publisher:
         self._tls = tls_context(self.settings, file=config.file) if self.settings.tls else None
         self._session_file = config.state_dir / "session.json"
         self._boot_id = read_boot_id()
+        self._discovery = discovery_messages(config, __version__) if config.homeassistant.enabled else []
+        self._discovery_mids: set[int] = set()
         self._backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         self._work: queue.SimpleQueue = queue.SimpleQueue()  # wake-ups for the supervisor
         self._stopping = threading.Event()
@@ -331,6 +334,8 @@ class Publisher:
         # The birth is queued before `connected` lets the core publish: nothing of a session may reach
         # the broker ahead of its birth.
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
+        self._discovery_mids = {client.publish(topic, payload, qos=1, retain=True).mid
+                                for topic, payload in self._discovery}
         with self._client_lock:
             self.connected = True
         self.connected_since = time.monotonic()
@@ -354,6 +359,11 @@ class Publisher:
 
     def _on_publish(self, session: int, client, userdata, mid, reason_code, properties) -> None:
         error = f"{reason_code} (0x{reason_code.value:02x})" if reason_code.is_failure else None
+        if mid in self._discovery_mids:
+            self._discovery_mids.discard(mid)
+            if error:
+                self._record_error(f"broker refused Home Assistant discovery: {error} (see docs/mqtt.md for the ACL)")
+            return
         self._notify(Delivered(session, mid, error))
 
     def _on_message(self, client, userdata, message) -> None:

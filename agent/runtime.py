@@ -12,6 +12,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ from agent import __version__
 from agent.bus import Bus, Event, Reading
 from agent.clock import Clock
 from agent.config import Config
+from agent.control import ControlServer
 from agent.errors import BoxtelError, ConfigError
 from agent.outbox import EVENT, HISTORY, LIVE, Outbox, OutboxError
 from agent.publisher import Connected, Delivered, Disconnected, Publisher
@@ -48,6 +51,14 @@ class _Tick:
 
 
 _TICK = _Tick()
+
+
+@dataclass(frozen=True)
+class _CoreCall:
+    """A function to run on the core's thread (which alone touches the outbox), for another thread."""
+
+    fn: Callable[[], Any]
+    result: Future
 
 
 class Agent:
@@ -84,6 +95,7 @@ class Agent:
         self.last_progress = time.monotonic()
         self.notifier = Notifier()
         self.watchdog: Watchdog | None = None
+        self.control = ControlServer(self, config.diagnostics.socket, config.diagnostics.group)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -107,6 +119,7 @@ class Agent:
                 clock=self.clock,
                 state_dir=self.config.state_dir,
                 simulate=self.config.simulate,
+                settings=self.config.sections,
             )
             driver = cls(entry.config, ctx)
             settings = entry.config if isinstance(entry.config, StreamSettings) else StreamSettings()
@@ -126,6 +139,7 @@ class Agent:
                 driver.ctx.error("start_failed", f"failed to start: {err}")
         if self.simulation is not None:
             self.simulation.start(self)
+        self.control.start()
         self._start_systemd_notify()
         log.info(
             "boxtel %s running as %s with %s%s", __version__, self.config.box.id,
@@ -151,6 +165,7 @@ class Agent:
             except Exception:  # noqa: BLE001
                 log.exception("driver %s failed to stop cleanly", driver.ctx.name)
         self._drain_bus()
+        self.control.stop()
         self._deliver_pending(_STOP_DELIVERY_S)
         self.publisher.stop("stopped")
         self._drain_bus()
@@ -204,6 +219,8 @@ class Agent:
             self._on_disconnected(item)
         elif isinstance(item, _Tick) and self.watchdog is not None:
             self.watchdog.tick_answered(self.status_line())
+        elif isinstance(item, _CoreCall):
+            _run_call(item)
 
     def _run_timers(self) -> None:
         now = time.monotonic()
@@ -265,7 +282,8 @@ class Agent:
         if stream == HEALTH:
             payload.update(self.health_fields())
         payload["ts"] = self.clock.iso_at(mono)
-        self.outbox.accept(prio, stream, payload)
+        seq = self.outbox.accept(prio, stream, payload)
+        self.control.feed("reading", stream, payload, seq)
         self._schedule_flush()
 
     def _on_event(self, event: Event) -> None:
@@ -276,7 +294,8 @@ class Agent:
             **event.details,
             "ts": self.clock.iso_at(event.mono),
         }
-        self.outbox.accept(EVENT, "events", payload)  # committed (fsync) before it can be published
+        seq = self.outbox.accept(EVENT, "events", payload)  # committed (fsync) before it can be published
+        self.control.feed("event", "events", payload, seq)
         self._flush_at = None
         self._fill_window()
 
@@ -413,10 +432,45 @@ class Agent:
             "last_seq": self.outbox.last_seq,
             **self.clock.snapshot(),
             "drivers": {driver.ctx.name: driver.status() for driver in self.drivers},
+            "alarms": [
+                {"source": driver.ctx.name, "alarm": alarm, "severity": severity}
+                for driver in self.drivers
+                for alarm, severity in sorted(driver.ctx.active_alarms().items())
+            ],
+            "mqtt_broker": f"{self.config.mqtt.host}:{self.config.mqtt.effective_port}",
+            "state_dir": str(self.config.state_dir),
+            "health": self.health_fields(),
         }
+
+    def call_in_core(
+        self, fn: Callable[[], Any], timeout_s: float, cancelled: threading.Event | None = None
+    ) -> Any:
+        """Run `fn` on the core's thread and return its result; None if the core does not get to it
+        within `timeout_s` (or `cancelled` is set first)."""
+        call = _CoreCall(fn, Future())
+        self.bus.put(call)
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                return call.result.result(timeout=min(remaining, 0.2))
+            except TimeoutError:
+                if cancelled is not None and cancelled.is_set():
+                    break
+        call.result.cancel()
+        return None
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda sig, frame: self.request_stop(signal.Signals(sig).name))
+
+
+def _run_call(call: _CoreCall) -> None:
+    if not call.result.set_running_or_notify_cancel():
+        return
+    try:
+        call.result.set_result(call.fn())
+    except Exception as err:  # noqa: BLE001 - the caller gets the error; the core runs on
+        log.exception("diagnostics request failed on the core")
+        call.result.set_exception(err)

@@ -84,6 +84,8 @@ def _convert(hint: Any, value: Any, meta: dict, key: str, base_dir: Path, file: 
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return _convert(inner[0], value, meta, key, base_dir, file)
+        if all(a in (int, str) for a in inner):  # a number or a word: `baud = 9600` or `baud = "auto"`
+            return _convert(str if isinstance(value, str) else int, value, meta, key, base_dir, file)
         raise TypeError(f"unsupported union in schema at {key}")
     if dataclasses.is_dataclass(hint):
         return build(hint, value, where=key, base_dir=base_dir, file=file)

@@ -11,6 +11,10 @@ import importlib
 # config section -> "module:Class"
 REGISTRY: dict[str, str] = {
     "host": "drivers.host:HostDriver",
+    "gps": "drivers.gps:GpsDriver",
+    "generator": "drivers.generator:GeneratorDriver",
+    "water": "drivers.water:WaterDriver",
+    "locker": "drivers.locker:LockerDriver",
 }
 
 

@@ -24,7 +24,8 @@ class DriverContext:
     """What a driver may do: report readings, events and alarms, count errors, keep a little state."""
 
     def __init__(
-        self, name: str, *, stream: str | None = None, bus: Bus, clock: Clock, state_dir: Path, simulate: bool
+        self, name: str, *, stream: str | None = None, bus: Bus, clock: Clock, state_dir: Path, simulate: bool,
+        settings: dict[str, Any] | None = None,
     ):
         self.name = name  # "gps", "locker/armory-1": the `source` of its events
         self.stream = stream or name  # where its readings go: usually its name, "health" for the host
@@ -32,6 +33,7 @@ class DriverContext:
         self.clock = clock
         self.state_dir = state_dir
         self.simulate = simulate
+        self.settings = settings or {}  # the core sections by name ("gpio": its pin factory, ...)
         self.log = logging.getLogger(f"boxtel.{name.replace('/', '.')}")
         self._lock = threading.Lock()
         self._alarms: dict[str, str] = {}  # alarm -> severity
@@ -85,6 +87,12 @@ class DriverContext:
         self.event("alarm_cleared", "info", mono=mono, alarm=alarm, **details)
         self._resend_state(mono, state)
         return True
+
+    def restore_alarms(self, alarms: dict[str, str]) -> None:
+        """Alarms that were active before a restart: listed again without a second `alarm_raised`, so an
+        alarm is raised once and cleared once across restarts (the driver clears what no longer holds)."""
+        with self._lock:
+            self._alarms.update(alarms)
 
     def active_alarms(self) -> dict[str, str]:
         with self._lock:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agent.devbroker import Broker
-from tests.support import AgentProcess, Subscriber, deep_merge, toml_dumps
+from tests.support import AgentProcess, Pty, Subscriber, deep_merge, toml_dumps
 
 
 @pytest.fixture
@@ -109,3 +109,32 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for key in folder.glob("*.key"):
         key.chmod(0o600)
     return {p.stem.replace("-", "_") + "_" + p.suffix[1:]: p for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.fixture
+def make_pty(tmp_path: Path) -> Iterator[Callable[..., Pty]]:
+    """A pseudo-terminal for a serial driver, behind a symlink the config points at; closed at the end."""
+    ptys: list[Pty] = []
+
+    def make(name: str = "gps0") -> Pty:
+        pty = Pty(tmp_path / name)
+        ptys.append(pty)
+        return pty
+
+    yield make
+    for pty in ptys:
+        pty.close()
+
+
+@pytest.fixture
+def mock_pins() -> Iterator[Any]:
+    """gpiozero's MockFactory -- the one GPIO drivers get with gpio.pin_factory = "mock" -- with fresh pins."""
+    from drivers.gpio import pin_factory
+    from drivers.gpio_sim import reset_mock_hardware
+    from tests.gpio_support import close_rigs
+
+    factory = pin_factory("mock")
+    reset_mock_hardware(factory)
+    yield factory
+    close_rigs()
+    reset_mock_hardware(factory)

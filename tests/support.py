@@ -204,3 +204,58 @@ class AgentProcess:
         if self.alive():
             self.kill()
         self._log.close()
+
+
+# -- serial ports ------------------------------------------------------------------------------------
+class Pty:
+    """A pseudo-terminal standing in for a receiver's serial port: the driver opens `path` (a symlink to
+    the slave, as udev makes /dev/gps0) with pyserial; the test writes to the master, as a receiver would.
+    `unplug()` closes the master and removes the link, as pulling a USB receiver does."""
+
+    def __init__(self, path: Path):
+        import tty
+
+        self.path = path
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        self.slave_name = os.ttyname(self.slave)
+        path.unlink(missing_ok=True)
+        path.symlink_to(self.slave_name)
+
+    def write(self, data: bytes | str, patience_s: float = 0.2) -> None:
+        """Write whole, waiting up to `patience_s` for the reader to make room; after that the rest is
+        lost, as from a receiver nobody reads (before the port is opened, after it is gone)."""
+        import select
+
+        if isinstance(data, str):
+            data = data.encode("ascii")
+        deadline = time.monotonic() + patience_s
+        while data and time.monotonic() < deadline:
+            try:
+                data = data[os.write(self.master, data):]
+            except BlockingIOError:
+                select.select([], [self.master], [], max(0.0, deadline - time.monotonic()))
+            except OSError:
+                return
+
+    def baud(self) -> int:
+        """The rate the port was set to (by pyserial, in the driver)."""
+        import termios
+
+        speed = termios.tcgetattr(self.slave)[5]
+        return next(rate for rate in (4800, 9600, 19200, 38400, 57600, 115200)
+                    if getattr(termios, f"B{rate}") == speed)
+
+    def unplug(self) -> None:
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.master = self.slave = -1
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.master >= 0:
+            self.unplug()

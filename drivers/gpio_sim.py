@@ -1,0 +1,301 @@
+"""Simulated generator, water supply and lockers on gpiozero `MockFactory` pins.
+
+The drivers open their pins through the same factory (`gpio.pin_factory = "mock"`), so they run exactly
+the code a Pi runs; this module only moves the other end of the wires: it drives input levels (with a
+short bounce train, as a real contact makes), pulses the flow meter, and answers the ADC's SPI
+conversation with levels that follow the scenario.
+
+The scenario repeats every `CYCLE_S`; its first minute shows every kind of event, and every alarm is
+raised once and cleared once (thresholds come from config/simulate.toml, which sets them short).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from drivers.gpio import ADC_CHIPS, AdcConfig, InputConfig, pin_factory
+from drivers.simulator import Simulator
+
+CYCLE_S = 120.0
+_BOUNCE_EDGES = 4  # toggles before a contact settles
+_BOUNCE_GAP_S = 0.0005
+
+
+class GpioScenario(Simulator):
+    """Plays a timeline of pin changes, pulse trains and ADC levels against the mock factory."""
+
+    speed: float = 1.0  # scenario seconds per real second (tests play the minute faster)
+
+    def prepare(self) -> None:
+        self.factory = pin_factory("mock")
+        self._started = time.monotonic()  # the drivers read the ADC once before the scenario starts
+        self._stop = threading.Event()
+        self._steps: list[tuple[float, Callable[[], None]]] = []
+        self._pulses: list[tuple[float, float, float, InputConfig]] = []  # start, end, Hz, input
+        for config in self.configs:
+            for wire in self.inputs(config):
+                if wire is not None:  # at rest (inactive) before the driver opens the pin
+                    wire_pin(self.factory, wire.pin, high=not wire.active_high)
+            self.script(config)
+        self._steps.sort(key=lambda step: step[0])
+        self._thread = threading.Thread(target=self._run, name=f"sim-{type(self).__name__}", daemon=True)
+
+    def script(self, config: Any) -> None:
+        raise NotImplementedError
+
+    def inputs(self, config: Any) -> list[InputConfig | None]:
+        raise NotImplementedError
+
+    def at(self, t: float, action: Callable[[], None]) -> None:
+        self._steps.append((t, action))
+
+    def set_input(self, t: float, config: InputConfig | None, active: bool) -> None:
+        if config is not None:
+            self.at(t, lambda: self.drive(config, active))
+
+    def pulses(self, start: float, end: float, hz: float, config: InputConfig | None) -> None:
+        if config is not None:
+            self._pulses.append((start, end, hz, config))
+
+    def adc_level(self, config: AdcConfig | None, pct_at: Callable[[float], float]) -> None:
+        """Have the ADC channel read `pct_at(seconds into the cycle)` percent (of its calibration)."""
+        if config is None:
+            return
+        chip = mock_adc(self.factory, config)
+
+        def raw() -> int:
+            pct = pct_at(self.elapsed() % CYCLE_S) / 100.0
+            return round(config.raw_empty + pct * (config.raw_full - config.raw_empty))
+
+        chip.levels[config.channel] = raw
+
+    def drive(self, config: InputConfig, active: bool, bounce: bool = True) -> None:
+        pin = self.factory.pin(config.pin)
+        high = active == config.active_high
+        if bounce:
+            for i in range(_BOUNCE_EDGES):
+                (pin.drive_high if (i % 2 == 0) == high else pin.drive_low)()
+                time.sleep(_BOUNCE_GAP_S)
+        (pin.drive_high if high else pin.drive_low)()
+
+    def elapsed(self) -> float:
+        """Scenario seconds since the start."""
+        return (time.monotonic() - self._started) * self.speed
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        _forget_adcs(self.factory)
+
+    def _run(self) -> None:
+        cycle = 0
+        step = 0
+        pulse_at: dict[int, float] = {}
+        while not self._stop.is_set():
+            now = self.elapsed()
+            in_cycle = now - cycle * CYCLE_S
+            while step < len(self._steps) and self._steps[step][0] <= in_cycle:
+                self._steps[step][1]()
+                step += 1
+            wake = [self._steps[step][0] if step < len(self._steps) else CYCLE_S]
+            for i, (start, end, hz, config) in enumerate(self._pulses):
+                if start <= in_cycle < end:
+                    due = pulse_at.setdefault(i, in_cycle)
+                    if in_cycle >= due:
+                        self.drive(config, True, bounce=False)
+                        self.drive(config, False, bounce=False)
+                        pulse_at[i] = due + 1.0 / hz
+                    wake.append(pulse_at[i])
+                else:
+                    pulse_at.pop(i, None)
+                    if in_cycle < start:
+                        wake.append(start)
+            if in_cycle >= CYCLE_S:
+                cycle, step = cycle + 1, 0
+                continue
+            self._stop.wait(max(0.0, min(wake) - (self.elapsed() - cycle * CYCLE_S)) / self.speed)
+
+
+class GeneratorSimulator(GpioScenario):
+    """Starts at 3 s, a low-oil fault from 10 to 18 s, fuel falls below its low mark and is refilled at
+    35 s, stops at 40 s."""
+
+    def inputs(self, config: Any) -> list[InputConfig | None]:
+        return [config.running, *config.faults.values()]
+
+    def script(self, config: Any) -> None:
+        self.set_input(3.0, config.running, True)
+        fault = next(iter(config.faults.values()), None)
+        self.set_input(10.0, fault, True)
+        self.set_input(18.0, fault, False)
+        self.set_input(40.0, config.running, False)
+        low = config.fuel_low_pct
+
+        def fuel_pct(t: float) -> float:
+            if t < 35.0:  # drains from 12 points above the low mark to 8 below it
+                return max(0.0, low + 12.0 - 20.0 * t / 35.0)
+            return 85.0 - 10.0 * (t - 35.0) / (CYCLE_S - 35.0)  # refilled
+
+        self.adc_level(config.fuel, fuel_pct)
+
+
+class WaterSimulator(GpioScenario):
+    """Flow from 2 to 25 s (longer than continuous_flow_s in the demo config), the tank drains to its low
+    mark, the pump refills it past the high mark from 24 to 32 s; a leak from 30 to 36 s."""
+
+    def inputs(self, config: Any) -> list[InputConfig | None]:
+        return [config.float_low, config.float_high, config.flow, config.pump, config.leak]
+
+    def script(self, config: Any) -> None:
+        hz = 10.0 * config.pulses_per_litre / 60.0  # 10 L/min
+        self.pulses(2.0, 25.0, min(hz, 200.0), config.flow)
+        self.set_input(15.0, config.pump, True)
+        self.set_input(28.0, config.pump, False)
+        self.set_input(30.0, config.leak, True)
+        self.set_input(36.0, config.leak, False)
+        self.set_input(12.0, config.float_low, True)
+        self.set_input(20.0, config.float_low, False)
+        self.set_input(27.0, config.float_high, True)
+        self.set_input(33.0, config.float_high, False)
+        low, high = config.tank_low_pct, config.tank_high_pct
+
+        def tank_pct(t: float) -> float:
+            if t < 15.0:
+                return low + 25.0 - 30.0 * t / 15.0  # falls past the low mark
+            if t < 24.0:
+                return low - 5.0 + (high + 3.0 - (low - 5.0)) * (t - 15.0) / 9.0  # pump refills past high
+            if t < 32.0:
+                return high + 3.0
+            return high - 10.0 - 20.0 * math.sin(math.pi * (t - 32.0) / (2 * (CYCLE_S - 32.0)))
+
+        self.adc_level(config.tank, tank_pct)
+
+
+class LockerSimulator(GpioScenario):
+    """The first locker: a short visit at 5 s, then left open too long from 18 s. Each other locker: one
+    visit, a few seconds apart. The last locker's switch wire works loose for two seconds at 50 s."""
+
+    def inputs(self, config: Any) -> list[InputConfig | None]:
+        return [config.door]
+
+    def script(self, config: Any) -> None:
+        index = self.configs.index(config)
+        if index == 0:
+            self.set_input(5.0, config.door, True)
+            self.set_input(12.0, config.door, False)
+            too_long = min(config.open_too_long_s * self.speed + 3.0, 30.0)
+            self.set_input(18.0, config.door, True)
+            self.set_input(18.0 + too_long, config.door, False)
+        else:
+            self.set_input(5.0 + 3.0 * index, config.door, True)
+            self.set_input(12.0 + 3.0 * index, config.door, False)
+        if index == len(self.configs) - 1:
+            self.at(50.0, lambda: self._chatter(config.door, seconds=2.0))
+
+    def _chatter(self, door: InputConfig, seconds: float) -> None:
+        pin = self.factory.pin(door.pin)
+        end = time.monotonic() + seconds / self.speed
+        gap_s = 0.005 / self.speed  # 100 edges per scenario second: five times the default chatter limit
+        while time.monotonic() < end and not self._stop.is_set():
+            pin.drive_high()
+            time.sleep(gap_s)
+            pin.drive_low()
+            time.sleep(gap_s)
+        self.drive(door, False)
+
+
+def wire_pin(factory: Any, pin: int, *, high: bool) -> Any:
+    """A mock input held `high` or low by what is wired to it, whatever pull the driver sets."""
+    return factory.pin(pin, pin_class=_wired_pin_class(), level=high)
+
+
+@functools.cache
+def _wired_pin_class() -> type:
+    from gpiozero.pins.mock import MockPin
+
+    class WiredPin(MockPin):
+        """A mock input with something wired to it: the contact, not the pull resistor, sets its level
+        (a plain MockPin follows its pull, which would make every door open at start)."""
+
+        def __init__(self, factory: Any, info: Any, level: bool = False):
+            self._wired = level
+            super().__init__(factory, info)
+
+        def _set_pull(self, value: str) -> None:
+            level = self._wired
+            super()._set_pull(value)
+            (self.drive_high if level else self.drive_low)()
+
+        def drive_high(self) -> None:
+            self._wired = True
+            super().drive_high()
+
+        def drive_low(self) -> None:
+            self._wired = False
+            super().drive_low()
+
+    return WiredPin
+
+
+# -- a mock MCP3008/MCP3208 on the mock SPI pins ------------------------------------------------------
+_adcs: dict[tuple[int, int, int], Any] = {}
+
+
+def mock_adc(factory: Any, config: AdcConfig) -> Any:
+    """The mock chip on `config`'s SPI bus; set `levels[channel]` to a callable returning the raw reading."""
+    key = (id(factory), config.spi_port, config.spi_device)
+    if key not in _adcs:
+        _adcs[key] = _mock_adc_class()(factory, config.spi_device, ADC_CHIPS[config.chip].bit_length())
+    return _adcs[key]
+
+
+def _forget_adcs(factory: Any) -> None:
+    for key in [k for k in _adcs if k[0] == id(factory)]:
+        _adcs.pop(key).close()
+
+
+def reset_mock_hardware(factory: Any) -> None:
+    """Fresh pins and no mock chips (between tests)."""
+    _forget_adcs(factory)
+    factory.reset()
+
+
+def _mock_adc_class() -> type:
+    from gpiozero.pins.mock import MockSPIDevice
+
+    class MockMcp3xxx(MockSPIDevice):
+        """The chip's side of the conversation: start bit, single/differential bit, 3 channel bits, then
+        a null bit and the result, most significant bit first."""
+
+        def __init__(self, factory: Any, device: int, bits: int):
+            super().__init__(11, 10, 9, 8 if device == 0 else 7, pin_factory=factory)
+            self.bits = bits
+            self.levels: dict[int, Callable[[], int]] = {}
+            self.phase = "idle"
+
+        def on_start(self) -> None:
+            super().on_start()
+            self.phase = "idle"
+
+        def on_bit(self) -> None:
+            if self.phase == "idle" and self.rx_buf[-1]:
+                self.phase, self.rx_buf = "mode", []
+            elif self.phase == "mode":
+                self.phase, self.rx_buf = "channel", []
+            elif self.phase == "channel" and len(self.rx_buf) == 3:
+                level = self.levels.get(self.rx_word())
+                raw = 0 if level is None else max(0, min(2**self.bits - 1, level()))
+                self.tx_word(raw, self.bits + 2)
+                self.phase = "result"
+
+    return MockMcp3xxx

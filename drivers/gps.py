@@ -1,0 +1,484 @@
+"""GPS driver: an NMEA 0183 receiver on a serial port -> position, fix, GPS time, geofence.
+
+pyserial reads `port` (u-blox, MediaTek, SiRF in NMEA mode; USB or UART) and `drivers.nmea` turns the
+bytes into one fix per epoch, as gpsd would. The driver survives what a container's serial line does:
+- noise, bad checksums, a wrong baud rate: counted per kind in health, never a fix; with `baud = "auto"`
+  the common rates are tried in turn until checksummed sentences arrive;
+- unplug and replug: a port that vanishes reports `disconnected`, one that goes quiet `stale` (health
+  and an event); reopening retries with backoff and resumes on its own;
+- no NTP: every valid dated fix hands GPS time to the core's clock (`Clock.gps_time`).
+It publishes on the `gps` stream every `publish_interval_s`, sooner when the box moved more than
+`min_move_m` or the fix mode changed, and raises `container_moved` when the box leaves its geofence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+
+from agent.schema import SettingError, setting
+from agent.throttle import StreamSettings
+from drivers import nmea
+from drivers.base import Driver
+
+log = logging.getLogger("boxtel.gps")
+
+AUTO = "auto"
+COMMON_BAUDS = (9600, 4800, 38400, 115200, 57600, 19200)  # most receivers ship at 9600, old ones 4800
+BAUDS = (4800, 9600, 19200, 38400, 57600, 115200)
+READ_TIMEOUT_S = 0.5  # a blocking read never holds the thread longer: stop() is quick, progress regular
+GATHER_S = 0.1
+AUTO_BAUD_WINDOW_S = 2.5  # a receiver talks at least once a second; silence this long: try the next rate
+RECONNECT_MIN_S = 1.0
+CONNECTED, DISCONNECTED, STALE = "connected", "disconnected", "stale"
+MOVED = "container_moved"
+STATE_HOME = "home"
+
+
+@dataclass(kw_only=True)
+class GpsConfig(StreamSettings):
+    port: str = setting("/dev/serial0", path=True, doc="serial device of the receiver (/dev/ttyUSB0, /dev/ttyACM0, ...)")
+    baud: int | str = setting(AUTO, doc='4800 to 115200, or "auto": try the common rates until NMEA arrives')
+    publish_interval_s: float = setting(10.0, min=1.0, max=3600.0, doc="publish the position this often")
+    min_move_m: float = setting(
+        25.0, min=0.0, max=100000.0, doc="publish at once when the box moved further (0: every epoch)"
+    )
+    stale_after_s: float = setting(5.0, min=1.0, max=600.0, doc="no valid sentence this long: link stale")
+    reconnect_max_s: float = setting(30.0, min=1.0, max=3600.0, doc="longest wait between reopen attempts")
+    home_lat: float | None = setting(None, min=-90.0, max=90.0, doc="geofence centre; default: learned")
+    home_lon: float | None = setting(None, min=-180.0, max=180.0, doc="geofence centre; default: learned")
+    geofence_radius_m: float = setting(200.0, min=0.0, max=1e7, doc="leaving this circle raises container_moved; 0: off")
+    geofence_hysteresis_m: float = setting(
+        50.0, min=0.0, max=1e6, doc="back inside radius minus this clears the alarm (GPS jitter must not flap it)"
+    )
+    geofence_dwell_s: float = setting(30.0, min=0.0, max=86400.0, doc="outside (or back inside) this long first")
+    learn_home: bool = setting(True, doc="without home_lat/home_lon: learn home from the first stable fix")
+    home_learn_s: float = setting(60.0, min=1.0, max=86400.0, doc="a fix must hold still this long to become home")
+    min_interval_s: float = setting(0.0, min=0.0, max=3600.0, doc="never publish gps more often (the driver paces)")
+
+    def validate(self) -> None:
+        StreamSettings.validate(self)
+        if isinstance(self.baud, str) and self.baud != AUTO:
+            raise SettingError("baud", f'expected a baud rate or "auto", got "{self.baud}"')
+        if isinstance(self.baud, int) and self.baud not in BAUDS:
+            raise SettingError("baud", f"expected one of {', '.join(map(str, BAUDS))} or \"auto\", got {self.baud}")
+        if (self.home_lat is None) != (self.home_lon is None):
+            raise SettingError("home_lat", "home_lat and home_lon go together")
+        if self.geofence_hysteresis_m >= self.geofence_radius_m > 0:
+            raise SettingError("geofence_hysteresis_m", "must be smaller than geofence_radius_m")
+
+
+class GpsDriver(Driver):
+    section = "gps"
+    Config = GpsConfig
+    simulator = "drivers.gps_sim:GpsSimulator"
+
+    @classmethod
+    def claims(cls, config: GpsConfig, key: str) -> list[tuple[str, str]]:
+        return [(f"{key}.port", f"serial port {os.path.realpath(config.port)}")]
+
+    def __init__(self, config: GpsConfig, ctx):
+        super().__init__(config, ctx)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.stats = nmea.new_stats()
+        self.link = DISCONNECTED
+        self._link_reported: str | None = None  # None until the first open attempt tells
+        self.baud: int | None = None if config.baud == AUTO else int(config.baud)
+        self.reconnects = 0
+        self.baud_switches = 0
+        self.last_sentence_mono: float | None = None
+        self.fix: nmea.Fix = nmea.Fix()
+        self._published: dict[str, Any] | None = None
+        self._next_publish = 0.0
+        self.geofence = Geofence(config.geofence_radius_m, config.geofence_hysteresis_m, config.geofence_dwell_s)
+        self.home_learner = HomeLearner(config.home_learn_s, max(config.geofence_hysteresis_m, 10.0))
+        self.home_source = "none"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._load_home()
+        self._thread = threading.Thread(target=self._run, name="driver-gps", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        delay = RECONNECT_MIN_S
+        while not self._stop.is_set():
+            try:
+                port = self._open()
+            except (serial.SerialException, OSError, ValueError) as err:
+                self._set_link(DISCONNECTED, reason=_reason(err))
+                self._wait(delay)
+                delay = min(delay * 2, self.config.reconnect_max_s)
+                continue
+            opened = time.monotonic()
+            try:
+                self._read_until_lost(port)
+            except (serial.SerialException, OSError) as err:
+                self._set_link(DISCONNECTED, reason=_reason(err))
+            except Exception as err:  # noqa: BLE001 - keep the driver alive; the error shows in health
+                self.ctx.error("read_failed", f"GPS read failed: {err!r}")
+                log.exception("GPS read failed")
+                self._set_link(DISCONNECTED, reason=repr(err))
+            finally:
+                port.close()
+            if self.last_sentence_mono is not None and self.last_sentence_mono >= opened:
+                delay = RECONNECT_MIN_S  # it worked for a while: the next attempt may well work again
+            if not self._stop.is_set():
+                self.reconnects += 1
+                self._wait(delay)
+                delay = min(delay * 2, self.config.reconnect_max_s)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep before a retry, still telling the watchdog this thread is alive and well."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            self.ctx.progress()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._stop.wait(min(remaining, 1.0))
+
+    def _open(self) -> serial.Serial:
+        baud = self.baud or COMMON_BAUDS[0]
+        # exclusive: a second reader (another agent, a forgotten minicom) would steal half the bytes
+        port = serial.Serial(self.config.port, baudrate=baud, timeout=READ_TIMEOUT_S, exclusive=True)
+        log.info("opened %s at %d baud", self.config.port, baud)
+        return port
+
+    # -- reading -----------------------------------------------------------------------------------
+    def _read_until_lost(self, port: serial.Serial) -> None:
+        """Read until the port fails (an exception) or stop()."""
+        reader = nmea.LineReader(self.stats)
+        decoder = nmea.EpochDecoder(self.stats, remember_enders=False)
+        opened = time.monotonic()
+        rate_since = opened
+        valid_seen = False
+        # With "auto", start at the rate that worked last; cycle only if nothing valid comes at it
+        # (another receiver may have been plugged in).
+        auto = self.config.baud == AUTO
+        while not self._stop.is_set():
+            data = port.read(max(1, port.in_waiting))
+            now = time.monotonic()
+            self.ctx.progress()
+            if data:
+                # A receiver's epoch trickles in over ~0.5 s at 9600 baud: let it gather instead of
+                # waking per byte (CPU on a Pi), yet stamp its first bytes with the time they came.
+                self._stop.wait(GATHER_S)
+                data += port.read(port.in_waiting)
+            before = _valid_count(self.stats)
+            fixes = [fix for line in reader.feed(data) for fix in decoder.feed(line, now)]
+            if _valid_count(self.stats) > before:
+                self.last_sentence_mono = now
+                valid_seen = True
+                if auto:
+                    auto = False
+                    self.baud = port.baudrate
+                    log.info("%s talks NMEA at %d baud", self.config.port, port.baudrate)
+                self._set_link(CONNECTED)
+            elif auto and now - rate_since >= AUTO_BAUD_WINDOW_S:
+                port.baudrate = _next_baud(port.baudrate)
+                self.baud_switches += 1
+                rate_since = now
+                reader = nmea.LineReader(self.stats)
+                log.debug("no NMEA on %s yet, trying %d baud", self.config.port, port.baudrate)
+            for fix in fixes:  # after the link state: "connected" comes before "fix_acquired"
+                self._on_fix(fix, now)
+            quiet_since = self.last_sentence_mono if valid_seen else opened
+            if now - quiet_since >= self.config.stale_after_s:
+                self._set_link(STALE, reason=f"no valid NMEA for {now - quiet_since:.0f} s")
+            self._publish_if_due(now)
+
+    def _on_fix(self, fix: nmea.Fix, now: float) -> None:
+        had_position = self.fix.has_position
+        with self._lock:
+            self.fix = fix
+        if fix.has_position and fix.epoch_s is not None and fix.mono is not None:
+            self.ctx.clock.gps_time(fix.epoch_s, fix.mono)
+        if fix.has_position and not had_position:
+            self.ctx.event("fix_acquired", fix=fix.fix, lat=_round(fix.lat, 7), lon=_round(fix.lon, 7),
+                           sats=fix.sats, mono=now)
+        elif had_position and not fix.has_position:
+            self.ctx.event("fix_lost", "warning", mono=now)
+        if fix.has_position:
+            self._check_geofence(fix, now)
+        values = self.values()
+        published = self._published
+        if published is None or values["fix"] != published["fix"] or self._moved(values):
+            self._publish(values, now)
+
+    # -- link state --------------------------------------------------------------------------------
+    def _set_link(self, link: str, reason: str = "") -> None:
+        """Announce a change of link state (health shows it, an event tells the fleet)."""
+        if link == self._link_reported:
+            return
+        self._link_reported = self.link = link
+        if link == CONNECTED:
+            self.ctx.event("gps_connected", port=self.config.port, baud=self.baud)
+            return
+        # Stale or gone: whatever fix there was is over, and the retained state must say so.
+        self.home_learner.reset()
+        if self.fix.has_position:
+            self.ctx.event("fix_lost", "warning", reason=reason)
+        with self._lock:
+            self.fix = nmea.Fix()
+        self._publish(self.values(), time.monotonic())
+        if link == STALE:
+            self.ctx.event("gps_stale", "warning", port=self.config.port, reason=reason)
+        else:
+            self.ctx.error("disconnected", f"GPS {self.config.port}: {reason}")
+            self.ctx.event("gps_disconnected", "warning", port=self.config.port, reason=reason)
+
+    # -- publishing --------------------------------------------------------------------------------
+    def values(self) -> dict[str, Any]:
+        with self._lock:
+            fix = self.fix
+        home = self.geofence.home
+        distance = None
+        if home is not None and fix.has_position:
+            distance = round(nmea.distance_m(home[0], home[1], fix.lat, fix.lon), 1)
+        return {
+            "lat": _round(fix.lat, 7),
+            "lon": _round(fix.lon, 7),
+            "alt_m": _round(fix.alt_m, 1),
+            "speed_mps": _round(fix.speed_mps, 2) if fix.has_position else None,
+            "course_deg": _round(fix.course_deg, 1) if fix.has_position else None,
+            "fix": fix.fix,
+            "sats": fix.sats,
+            "sats_seen": fix.sats_seen,
+            "hdop": fix.hdop,
+            "pdop": fix.pdop,
+            "home_distance_m": distance,
+        }
+
+    def _moved(self, values: dict[str, Any]) -> bool:
+        last = self._published
+        if last is None or values["lat"] is None or last["lat"] is None:
+            return False
+        return nmea.distance_m(last["lat"], last["lon"], values["lat"], values["lon"]) > self.config.min_move_m
+
+    def _publish_if_due(self, now: float) -> None:
+        if now >= self._next_publish:
+            self._publish(self.values(), now)
+
+    def _publish(self, values: dict[str, Any], now: float) -> None:
+        self._published = values
+        self._next_publish = now + self.config.publish_interval_s
+        self.ctx.reading(values, mono=now)
+
+    # -- geofence ----------------------------------------------------------------------------------
+    def _load_home(self) -> None:
+        if self.config.home_lat is not None:
+            self.geofence.home = (self.config.home_lat, self.config.home_lon)
+            self.home_source = "configured"
+            return
+        saved = self.ctx.load_state().get(STATE_HOME)
+        if isinstance(saved, dict) and _is_position(saved.get("lat"), saved.get("lon")):
+            self.geofence.home = (float(saved["lat"]), float(saved["lon"]))
+            self.home_source = "learned"
+
+    def _check_geofence(self, fix: nmea.Fix, now: float) -> None:
+        if self.geofence.home is None:
+            if not self.config.learn_home or self.config.geofence_radius_m <= 0:
+                return
+            home = self.home_learner.update(fix.lat, fix.lon, now)
+            if home is None:
+                return
+            self.geofence.home = home
+            self.home_source = "learned"
+            self.ctx.save_state({STATE_HOME: {"lat": home[0], "lon": home[1], "learned_at": fix.time}})
+            self.ctx.event("home_learned", lat=round(home[0], 7), lon=round(home[1], 7))
+            return
+        change = self.geofence.update(fix.lat, fix.lon, now)
+        details = {"distance_m": round(self.geofence.distance_m, 1), "radius_m": self.config.geofence_radius_m}
+        if change == Geofence.LEFT:
+            self.ctx.raise_alarm(MOVED, "alarm", mono=now, state=self.values(), **details)
+        elif change == Geofence.RETURNED:
+            self.ctx.clear_alarm(MOVED, mono=now, state=self.values(), **details)
+
+    # -- diagnostics -------------------------------------------------------------------------------
+    def _sentence_age_s(self) -> float | None:
+        if self.last_sentence_mono is None:
+            return None
+        return round(time.monotonic() - self.last_sentence_mono, 1)
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            fix = self.fix.fix
+        fields = {
+            "gps_link": self.link,
+            "gps_fix": fix,
+            "gps_baud": self.baud,
+            "gps_last_sentence_age_s": self._sentence_age_s(),
+            "gps_reconnects": self.reconnects,
+        }
+        fields.update({f"gps_{kind}": count for kind, count in self.stats.items()})
+        return fields
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            fix = self.fix.fix
+        home = self.geofence.home
+        return {
+            **super().status(),
+            "port": self.config.port,
+            "baud": self.baud if self.baud is not None else AUTO,
+            "link": self.link,
+            "last_sentence_age_s": self._sentence_age_s(),
+            "sentences_ok": self.stats[nmea.SENTENCES_OK],
+            "fix": fix,
+            "counters": dict(self.stats),
+            "home": None if home is None else {"lat": home[0], "lon": home[1], "source": self.home_source},
+        }
+
+
+class Geofence:
+    """A circle around home. Leaving takes `radius_m` crossed for `dwell_s`; returning takes being back
+    inside `radius_m - hysteresis_m` for `dwell_s`. A parked box's jitter (a few metres, now and then a
+    multipath jump) therefore never flaps the alarm."""
+
+    LEFT, RETURNED = "left", "returned"
+
+    def __init__(self, radius_m: float, hysteresis_m: float, dwell_s: float,
+                 home: tuple[float, float] | None = None):
+        self.radius_m = radius_m
+        self.hysteresis_m = hysteresis_m
+        self.dwell_s = dwell_s
+        self.home = home
+        self.outside = False
+        self.distance_m = 0.0
+        self._changing_since: float | None = None
+
+    def update(self, lat: float, lon: float, mono: float) -> str | None:
+        """The change this fix confirms (LEFT, RETURNED), if any."""
+        if self.home is None or self.radius_m <= 0:
+            return None
+        self.distance_m = nmea.distance_m(self.home[0], self.home[1], lat, lon)
+        if self.outside:
+            changing = self.distance_m < self.radius_m - self.hysteresis_m
+        else:
+            changing = self.distance_m > self.radius_m
+        if not changing:
+            self._changing_since = None
+            return None
+        if self._changing_since is None:
+            self._changing_since = mono
+        if mono - self._changing_since < self.dwell_s:
+            return None
+        self._changing_since = None
+        self.outside = not self.outside
+        return self.LEFT if self.outside else self.RETURNED
+
+
+class HomeLearner:
+    """Home is where the box stood still: fixes within `spread_m` of their running mean for `hold_s`."""
+
+    def __init__(self, hold_s: float, spread_m: float):
+        self.hold_s = hold_s
+        self.spread_m = spread_m
+        self.reset()
+
+    def reset(self) -> None:
+        self._since: float | None = None
+        self._sum_lat = self._sum_lon = 0.0
+        self._count = 0
+
+    def update(self, lat: float, lon: float, mono: float) -> tuple[float, float] | None:
+        if self._count and nmea.distance_m(*self.mean(), lat, lon) > self.spread_m:
+            self.reset()  # it moved: start over from here
+        if self._since is None:
+            self._since = mono
+        self._sum_lat += lat
+        self._sum_lon += lon
+        self._count += 1
+        if mono - self._since >= self.hold_s and self._count >= 3:
+            return self.mean()
+        return None
+
+    def mean(self) -> tuple[float, float]:
+        return self._sum_lat / self._count, self._sum_lon / self._count
+
+
+def probe_port(port: str, baud: int | str, timeout_s: float) -> tuple[bool, str]:
+    """Is there an NMEA receiver on `port`? For `boxtel doctor`: (ok, one line saying what was found).
+
+    With `baud = "auto"` each common rate gets an equal share of `timeout_s` (at least 1.2 s)."""
+    rates = list(COMMON_BAUDS) if baud == AUTO else [int(baud)]
+    share_s = max(timeout_s / len(rates), 1.2) if len(rates) > 1 else timeout_s
+    try:
+        handle = serial.Serial(port, baudrate=rates[0], timeout=READ_TIMEOUT_S, exclusive=True)
+    except (serial.SerialException, OSError, ValueError) as err:
+        if "exclusively lock" in str(err):  # pyserial's exclusive=True: someone holds the port
+            return False, f"{port} is busy: another program (the running agent?) has it open"
+        return False, f"cannot open {port}: {_reason(err)}"
+    noise = 0
+    try:
+        for rate in rates:
+            handle.baudrate = rate
+            handle.reset_input_buffer()
+            stats = nmea.new_stats()
+            reader, decoder = nmea.LineReader(stats), nmea.EpochDecoder(stats)
+            fixes: list[nmea.Fix] = []
+            received = 0
+            deadline = time.monotonic() + share_s
+            while time.monotonic() < deadline:
+                data = handle.read(max(1, handle.in_waiting))
+                received += len(data)
+                for line in reader.feed(data):
+                    fixes += decoder.feed(line)
+                if _valid_count(stats) >= 3:
+                    break
+            if _valid_count(stats):
+                fixes += decoder.flush()
+                kinds = " ".join(sorted(decoder.kinds_seen)) or "proprietary only"
+                fix = fixes[-1].fix if fixes else nmea.FIX_NONE
+                sats = fixes[-1].sats if fixes else None
+                extra = f", {sats} satellites used" if sats is not None else ""
+                bad = stats[nmea.BAD_CHECKSUM]
+                return True, (f"{port}: NMEA at {rate} baud ({_valid_count(stats)} sentences: {kinds}; "
+                              f"fix {fix}{extra}{f'; {bad} bad checksums' if bad else ''})")
+            noise += received
+    except (serial.SerialException, OSError) as err:
+        return False, f"{port}: read failed: {_reason(err)}"
+    finally:
+        handle.close()
+    tried = f"{rates[0]} baud" if len(rates) == 1 else f"any of {', '.join(map(str, rates))} baud"
+    if noise:
+        return False, f"{port}: {noise} bytes but no valid NMEA at {tried} (wrong baud rate, or a binary protocol?)"
+    return False, f"{port}: no data at {tried} (receiver off, unpowered, or another port?)"
+
+
+def _valid_count(stats: dict[str, int]) -> int:
+    """Sentences with a good checksum, used or not: proof the baud rate is right."""
+    return stats[nmea.SENTENCES_OK] + stats[nmea.PROPRIETARY] + stats[nmea.UNSUPPORTED]
+
+
+def _next_baud(current: int) -> int:
+    index = COMMON_BAUDS.index(current) if current in COMMON_BAUDS else -1
+    return COMMON_BAUDS[(index + 1) % len(COMMON_BAUDS)]
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text.splitlines()[0]
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _is_position(lat: Any, lon: Any) -> bool:
+    return isinstance(lat, int | float) and isinstance(lon, int | float) and abs(lat) <= 90 and abs(lon) <= 180
+

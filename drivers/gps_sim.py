@@ -1,0 +1,169 @@
+"""A simulated NMEA receiver on a pseudo-terminal, read by the real GPS driver.
+
+`prepare()` opens a pty, links `<workdir>/gps0` to it and points every [gps] config there. `start()`
+writes one epoch a second (GGA, GSA, GSV, RMC with correct checksums, stamped with the current UTC
+time) playing a loop: parked at home with a few metres of jitter, a spell without a fix, a drive to
+the next town and back, and now and then a corrupted line (bad checksum, a truncated sentence,
+binary noise), as a serial line in a generator-powered container delivers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import threading
+import time
+import tty
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from drivers.nmea import KNOTS_TO_MPS, distance_m
+from drivers.simulator import Simulator
+
+HOME = (52.090737, 5.121420)  # Utrecht
+TOWN = (52.089444, 5.233333)  # Zeist, 7.7 km east
+PARKED_S = 75.0  # at home; the fix drops out in the middle of it
+NO_FIX_FROM_S, NO_FIX_UNTIL_S = 40.0, 52.0
+DRIVE_MPS = 20.0
+STAY_S = 60.0  # in town before driving home
+CORRUPT_EVERY = 37  # about one line in this many is damaged
+SATELLITES = (2, 5, 7, 9, 13, 15, 18, 20, 25, 29, 30)
+
+
+class GpsSimulator(Simulator):
+    def prepare(self) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)  # the slave stays open here, so writes before the driver opens it are kept
+        os.set_blocking(self.master, False)
+        self.link = self.workdir / "gps0"
+        self.link.unlink(missing_ok=True)
+        self.link.symlink_to(os.ttyname(self.slave))
+        for config in self.configs:
+            config.port = str(self.link)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sim-gps", daemon=True)
+        self._random = random.Random(17)
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.link.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        lines = 0
+        while not self._stop.wait(1.0 - (time.time() % 1.0)):
+            elapsed = time.monotonic() - self._started
+            state = scenario(elapsed, self._random)
+            for line in epoch_sentences(time.time(), **state):
+                lines += 1
+                if lines % CORRUPT_EVERY == 0:
+                    line = corrupt(line, self._random)
+                try:
+                    os.write(self.master, line.encode("latin-1"))
+                except BlockingIOError:
+                    pass  # nobody reading: a receiver does not wait either
+                except OSError:
+                    return
+
+
+def scenario(elapsed_s: float, rng: random.Random) -> dict:
+    """Where the simulated box is `elapsed_s` into the loop, and what its receiver can see."""
+    drive_s = distance_m(*HOME, *TOWN) / DRIVE_MPS
+    cycle_s = PARKED_S + drive_s + STAY_S + drive_s
+    t = elapsed_s % cycle_s
+    jitter_m = 2.5
+    if t < PARKED_S:
+        lat, lon = _offset(*HOME, rng.gauss(0, jitter_m), rng.gauss(0, jitter_m))
+        return {"lat": lat, "lon": lon, "alt_m": 5.0 + rng.gauss(0, 1.0), "speed_mps": abs(rng.gauss(0, 0.1)),
+                "course_deg": rng.uniform(0, 360), "fix": not NO_FIX_FROM_S <= t < NO_FIX_UNTIL_S}
+    t -= PARKED_S
+    if t < drive_s:
+        start, end = HOME, TOWN
+    elif t < drive_s + STAY_S:
+        lat, lon = _offset(*TOWN, rng.gauss(0, jitter_m), rng.gauss(0, jitter_m))
+        return {"lat": lat, "lon": lon, "alt_m": 3.0, "speed_mps": 0.0, "course_deg": 0.0, "fix": True}
+    else:
+        start, end = TOWN, HOME
+        t -= drive_s + STAY_S
+    share = min(t / drive_s, 1.0)
+    # a road is not a straight line: a gentle bend of up to 300 m
+    lat = start[0] + (end[0] - start[0]) * share
+    lon = start[1] + (end[1] - start[1]) * share
+    lat, lon = _offset(lat, lon, 300.0 * math.sin(math.pi * share), 0.0)
+    course = math.degrees(math.atan2(
+        (end[1] - start[1]) * math.cos(math.radians(lat)), end[0] - start[0])) % 360
+    return {"lat": lat, "lon": lon, "alt_m": 4.0 + 2.0 * math.sin(share * 6), "speed_mps": DRIVE_MPS,
+            "course_deg": course, "fix": True}
+
+
+def epoch_sentences(epoch_s: float, *, lat: float, lon: float, alt_m: float, speed_mps: float,
+                    course_deg: float, fix: bool = True, sats: int = 9) -> list[str]:
+    """One second of a receiver's output: GGA, GSA, GSV and RMC, each `$...*CS\\r\\n`."""
+    moment = datetime.fromtimestamp(epoch_s, tz=UTC)
+    hhmmss = moment.strftime("%H%M%S.") + f"{moment.microsecond // 10000:02d}"
+    ddmmyy = moment.strftime("%d%m%y")
+    used = SATELLITES[:sats] if fix else ()
+    hdop, pdop, vdop = (0.9, 1.6, 1.3) if fix else (99.99, 99.99, 99.99)
+    if fix:
+        lat_text, lon_text = _nmea_angle(lat, 2, "NS"), _nmea_angle(lon, 3, "EW")
+        gga = (f"GPGGA,{hhmmss},{lat_text},{lon_text},1,{len(used):02d},{hdop:.1f},{alt_m:.1f},M,47.0,M,,")
+        rmc = (f"GPRMC,{hhmmss},A,{lat_text},{lon_text},{speed_mps / KNOTS_TO_MPS:.2f},{course_deg:.1f},{ddmmyy},,,A")
+    else:
+        gga = f"GPGGA,{hhmmss},,,,,0,00,{hdop:.2f},,M,,M,,"
+        rmc = f"GPRMC,{hhmmss},V,,,,,,,{ddmmyy},,,N"
+    prns = [f"{p:02d}" for p in used] + [""] * (12 - len(used))
+    gsa = f"GPGSA,A,{3 if fix else 1},{','.join(prns)},{pdop:.2f},{hdop:.2f},{vdop:.2f}"
+    return [sentence(body) for body in (gga, gsa, *_gsv(len(SATELLITES)), rmc)]
+
+
+def sentence(body: str) -> str:
+    """`body` framed as an NMEA sentence with its checksum."""
+    checksum = 0
+    for char in body:
+        checksum ^= ord(char)
+    return f"${body}*{checksum:02X}\r\n"
+
+
+def corrupt(line: str, rng: random.Random) -> str:
+    """Damage a line the ways a serial line does."""
+    kind = rng.randrange(3)
+    if kind == 0:  # a flipped bit: the checksum no longer matches
+        index = rng.randrange(1, max(2, line.index("*")))
+        return line[:index] + chr(ord(line[index]) ^ 0x04) + line[index + 1:]
+    if kind == 1:  # cut short (a brownout, a buffer overrun)
+        return line[: rng.randrange(5, len(line) - 4)] + "\r\n"
+    return "".join(chr(rng.randrange(128, 256)) for _ in range(rng.randrange(4, 24))) + line  # binary noise
+
+
+def _gsv(count: int) -> Iterator[str]:
+    parts = (count + 3) // 4
+    for part in range(parts):
+        block = []
+        for i, prn in enumerate(SATELLITES[part * 4: part * 4 + 4]):
+            block.append(f"{prn:02d},{20 + (prn * 7) % 60:02d},{(prn * 33) % 360:03d},{30 + (i * 5) % 18:02d}")
+        yield f"GPGSV,{parts},{part + 1},{count:02d},{','.join(block)}"
+
+
+def _nmea_angle(value: float, degree_digits: int, hemispheres: str) -> str:
+    hemisphere = hemispheres[0] if value >= 0 else hemispheres[1]
+    value = abs(value)
+    degrees = int(value)
+    minutes = (value - degrees) * 60.0
+    if round(minutes, 5) >= 60.0:
+        degrees, minutes = degrees + 1, 0.0
+    return f"{degrees:0{degree_digits}d}{minutes:08.5f},{hemisphere}"
+
+
+def _offset(lat: float, lon: float, north_m: float, east_m: float) -> tuple[float, float]:
+    return (lat + north_m / 111_320.0, lon + east_m / (111_320.0 * math.cos(math.radians(lat))))

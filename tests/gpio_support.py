@@ -1,0 +1,109 @@
+"""GPIO test helpers: a driver on MockFactory pins with a real bus and state dir, the agent in-process
+(so the test drives the same mock pins the agent's drivers read), and pin helpers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from agent import config as config_module
+from agent.bus import Bus, Event, Reading
+from agent.clock import Clock
+from agent.config import GpioSettings
+from agent.runtime import Agent
+from agent.schema import build
+from drivers.base import DriverContext
+from drivers.gpio_sim import wire_pin
+from tests.support import wait_until
+
+_rigs: list[Rig] = []
+
+
+def close_rigs() -> None:
+    """Stop every driver a test built. An unclosed gpiozero device closed later by the garbage collector
+    takes the factory's reservation lock from inside a reservation and deadlocks."""
+    while _rigs:
+        _rigs.pop().driver.stop()
+
+
+class Rig:
+    """One GPIO driver, built from a config table as `boxtel run` would, on the mock factory."""
+
+    def __init__(self, cls: type, table: dict[str, Any], state_dir: Path, factory: Any):
+        self.config = build(cls.Config, table, where=cls.section, base_dir=state_dir, file="test.toml")
+        self.bus = Bus()
+        self.ctx = DriverContext(
+            cls.instance_name(self.config), stream=cls.stream_name(self.config), bus=self.bus,
+            clock=Clock(lambda: False), state_dir=state_dir, simulate=False,
+            settings={"gpio": GpioSettings(pin_factory="mock")},
+        )
+        self.driver = cls(self.config, self.ctx)
+        self.factory = factory
+        self.items: list[Any] = []
+        _rigs.append(self)
+
+    # -- pins --------------------------------------------------------------------------------------
+    def wire(self, pin: int, high: bool) -> Any:
+        """Hold `pin` at a level before the driver opens it (a plain MockPin would follow the pull)."""
+        return wire_pin(self.factory, pin, high=high)
+
+    def drive(self, pin: int, high: bool) -> None:
+        mock = self.factory.pin(pin)
+        (mock.drive_high if high else mock.drive_low)()
+
+    def pulse(self, pin: int, count: int, active_high: bool = True) -> None:
+        for _ in range(count):
+            self.drive(pin, active_high)
+            self.drive(pin, not active_high)
+
+    # -- what the driver put on the bus --------------------------------------------------------------
+    def drain(self) -> list[Any]:
+        while (item := self.bus.get_nowait()) is not None:
+            self.items.append(item)
+        return self.items
+
+    def events(self, kind: str | None = None) -> list[Event]:
+        return [i for i in self.drain() if isinstance(i, Event) and (kind is None or i.kind == kind)]
+
+    def alarms(self, kind: str = "alarm_raised") -> list[str]:
+        return [e.details["alarm"] for e in self.events(kind)]
+
+    def state(self) -> dict[str, Any]:
+        readings = [i for i in self.drain() if isinstance(i, Reading)]
+        assert readings, "the driver published no state"
+        return readings[-1].values
+
+    def wait_event(self, kind: str, timeout: float = 5.0) -> Event:
+        return wait_until(lambda: next(iter(self.events(kind)), None), timeout, f"a {kind} event")
+
+    def step(self, seconds_from_now: float = 0.0) -> float:
+        """Settle and tick the driver as if `seconds_from_now` had passed (for drivers not start()ed)."""
+        now = time.monotonic() + seconds_from_now
+        self.driver.step(now)
+        return now
+
+
+@contextmanager
+def agent_in_process(config_path: Path) -> Iterator[Agent]:
+    """`boxtel run` in this process: its GPIO drivers open the test's mock pins. The Agent is built in
+    the thread that runs it (its SQLite outbox belongs to one thread)."""
+    built: list[Agent] = []
+    config = config_module.load(config_path)
+
+    def run() -> None:
+        built.append(Agent(config))
+        built[0].run()
+
+    thread = threading.Thread(target=run, name="test-agent", daemon=True)
+    thread.start()
+    wait_until(lambda: built and built[0].publisher.connected, 15, "the agent to connect")
+    try:
+        yield built[0]
+    finally:
+        built[0].request_stop()
+        thread.join(15)
+        assert not thread.is_alive(), "the agent did not stop"

@@ -1,0 +1,181 @@
+"""Generator driver on MockFactory pins: start/stop, faults, fuel from a mock MCP3008, run hours."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from drivers.generator import GeneratorDriver
+from drivers.gpio_sim import mock_adc
+from tests.gpio_support import Rig
+
+RUNNING, LOW_OIL, OVERTEMP = 17, 27, 22
+FUEL = {"chip": "MCP3008", "channel": 0, "raw_empty": 100, "raw_full": 900, "smoothing": 1, "interval_s": 5.0}
+
+
+def generator(tmp_path, mock_pins, *, running: bool = False, low_oil: bool = False, **extra) -> Rig:
+    table = {
+        # a relay contact to ground while running: active low with the pull-up
+        "running": {"pin": RUNNING, "active_high": False, "debounce_ms": 5.0},
+        "faults": {"low_oil": {"pin": LOW_OIL, "debounce_ms": 5.0}, "overtemp": {"pin": OVERTEMP}},
+        **extra,
+    }
+    rig = Rig(GeneratorDriver, table, tmp_path, mock_pins)
+    rig.wire(RUNNING, not running)
+    rig.wire(LOW_OIL, low_oil)
+    rig.wire(OVERTEMP, False)
+    return rig
+
+
+def test_started_and_stopped_events_carry_the_run_time(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins)
+    rig.driver.open_pins()
+    assert rig.state()["running"] is False
+    rig.drive(RUNNING, False)  # active low: running
+    rig.step(0.01)
+    assert [e.kind for e in rig.events()] == ["generator_started"]
+    assert rig.state()["running"] is True
+    rig.step(1800.0)
+    assert rig.state()["run_hours"] == pytest.approx(0.5, abs=0.001)
+    rig.drive(RUNNING, True)
+    rig.step(1800.01)
+    stopped = rig.events("generator_stopped")
+    assert len(stopped) == 1 and stopped[0].details["run_s"] == pytest.approx(1800, abs=1)
+    rig.step(3600.0)  # stopped: no more run hours
+    assert rig.state()["run_hours"] == pytest.approx(0.5, abs=0.001)
+
+
+def test_fault_inputs_raise_and_clear_their_own_alarm(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins)
+    rig.driver.open_pins()
+    rig.drive(LOW_OIL, True)
+    rig.step(0.01)
+    assert rig.alarms() == ["generator_fault:low_oil"]
+    state = rig.state()
+    assert state["fault"] is True and state["faults"] == ["low_oil"]
+    assert state["alarms"] == ["generator_fault:low_oil"]
+    rig.drive(LOW_OIL, False)
+    rig.step(0.02)
+    assert rig.alarms("alarm_cleared") == ["generator_fault:low_oil"]
+    assert rig.state()["fault"] is False and rig.state()["faults"] == []
+
+
+def test_fuel_is_calibrated_and_fuel_low_has_hysteresis(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins, fuel=FUEL, fuel_low_pct=20.0, fuel_low_clear_pct=25.0)
+    adc = mock_adc(mock_pins, rig.config.fuel)
+    raw = [500]
+    adc.levels[0] = lambda: raw[0]
+    rig.driver.open_pins()
+    assert rig.state()["fuel_pct"] == 50.0  # (500 - 100) / (900 - 100)
+    t = 0.0
+    for pct in (19.0, 21.0, 19.5, 24.0, 26.0, 30.0):  # hovering around the low mark
+        raw[0] = round(100 + 8 * pct)
+        t += 5.0
+        rig.step(t)
+        assert rig.state()["fuel_pct"] == pytest.approx(pct, abs=0.2)
+    assert rig.alarms() == ["fuel_low"] and rig.alarms("alarm_cleared") == ["fuel_low"]
+    assert rig.events("alarm_raised")[0].severity == "warning"
+
+
+def test_fuel_smoothing_averages_samples(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins, fuel={**FUEL, "smoothing": 4})
+    adc = mock_adc(mock_pins, rig.config.fuel)
+    raw = [900]
+    adc.levels[0] = lambda: raw[0]
+    rig.driver.open_pins()
+    raw[0] = 100
+    rig.step(5.0)
+    assert rig.state()["fuel_pct"] == 50.0  # (100 % + 0 %) / 2: a slosh is not an empty tank
+
+
+def test_no_adc_means_null_fuel(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins)
+    rig.driver.open_pins()
+    assert rig.state()["fuel_pct"] is None
+
+
+def test_run_hours_survive_a_restart(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins, running=True)
+    rig.driver.open_pins()
+    rig.step(3600.0)
+    rig.driver.stop()
+    mock_pins.reset()
+
+    again = generator(tmp_path, mock_pins, running=True)
+    again.driver.open_pins()
+    assert again.state()["run_hours"] == pytest.approx(1.0, abs=0.001)
+    assert again.events() == []  # still running: nothing was missed
+    again.driver.stop()
+
+
+def test_power_loss_costs_at_most_a_minute_of_run_hours(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins, running=True)
+    rig.driver.open_pins()
+    rig.step(600.0)  # > 60 s since the last save: saved now, without any stop
+    saved = json.loads((tmp_path / "driver-generator.json").read_text())
+    assert saved["run_hours"] == pytest.approx(600 / 3600, abs=0.001)
+    rig.step(630.0)  # 30 s later: not saved yet (spares the SD card) ...
+    saved = json.loads((tmp_path / "driver-generator.json").read_text())
+    assert saved["run_hours"] == pytest.approx(600 / 3600, abs=0.001)
+    rig.driver._close_devices()  # ... and the power goes: no stop(), no final save
+    mock_pins.reset()
+
+    again = generator(tmp_path, mock_pins, running=True)
+    again.driver.open_pins()
+    assert 630 / 3600 - again.state()["run_hours"] <= 60 / 3600
+    again.driver.stop()
+
+
+def test_a_stop_missed_while_down_is_reported_at_start(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins, running=True)
+    rig.driver.open_pins()
+    rig.driver.stop()
+    mock_pins.reset()
+
+    again = generator(tmp_path, mock_pins, running=False)
+    again.driver.open_pins()
+    assert [(e.kind, e.details) for e in again.events()] == [("generator_stopped", {"at_start": True, "run_s": None})]
+    assert again.state()["running"] is False
+    again.driver.stop()
+
+
+def test_fault_active_across_a_restart_is_raised_once(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins, low_oil=True)
+    rig.driver.open_pins()
+    assert rig.alarms() == ["generator_fault:low_oil"]
+    rig.driver.stop()
+    mock_pins.reset()
+
+    again = generator(tmp_path, mock_pins, low_oil=True)
+    again.driver.open_pins()
+    assert again.alarms() == [] and again.state()["alarms"] == ["generator_fault:low_oil"]
+    again.driver.stop()
+
+
+def test_pins_rows_show_raw_and_meaning(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins, running=True)
+    rig.driver.open_pins()
+    rows = {row["input"]: row for row in rig.driver.pins()}
+    assert rows["generator running"] == {"input": "generator running", "pin": RUNNING, "raw": 0,
+                                         "state": "running", "edges_per_s": 0.0}
+    assert rows["generator fault low_oil"]["state"] == "ok"
+    rig.driver.stop()
+
+
+def test_fuel_low_hysteresis_holds_across_a_restart(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins, fuel=FUEL)
+    adc = mock_adc(mock_pins, rig.config.fuel)
+    raw = [100 + 8 * 10]  # 10 %
+    adc.levels[0] = lambda: raw[0]
+    rig.driver.open_pins()
+    assert rig.alarms() == ["fuel_low"]
+    rig.driver.stop()
+    mock_pins.reset()
+
+    again = generator(tmp_path, mock_pins, fuel=FUEL)
+    adc = mock_adc(mock_pins, again.config.fuel)
+    adc.levels[0] = lambda: 100 + 8 * 22  # 22 %: above the low mark (20), below the clear mark (25)
+    again.driver.open_pins()
+    assert again.alarms() == [] and again.alarms("alarm_cleared") == []
+    assert again.state()["alarms"] == ["fuel_low"]
