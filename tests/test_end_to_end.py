@@ -11,6 +11,8 @@ import re
 import jinja2
 import pytest
 
+from agent.brokerurl import BrokerTarget
+from agent.fleetsim import FleetSim
 from drivers.gpio_sim import GpioScenario
 from tests.gpio_support import agent_in_process, fast_demo_hardware
 from tests.support import ROOT, Subscriber, boxtel, wait_until
@@ -91,6 +93,31 @@ def test_what_the_agent_publishes_is_what_home_assistant_the_console_and_the_doc
     for message in sub.on(f"{BASE}/#"):
         stream = message.topic.removeprefix(f"{BASE}/")
         doc.check(stream, message.json)
+
+    # (d) simulate-fleet's boxes publish what a real agent with the same hardware publishes
+    fleet_sub = Subscriber(broker.port, "boxtel/+/#")
+    sim = FleetSim(BrokerTarget("127.0.0.1", broker.port, False), 20, rate=20.0, seed=5)
+    try:
+        sim.start()
+        assert sim.wait_connected(20), sim.error
+        alarms = [("generator", "fuel_low"), ("water", "tank_low"), ("gps", "container_moved"), ("water", "leak_detected")]
+        for box, (source, alarm) in zip(sim.boxes, alarms, strict=False):
+            sim.raise_alarm(box.id, source, alarm)  # the scenarios make events too, but slowly
+
+        def simulated_events() -> int:
+            return sum(1 for m in fleet_sub.on("boxtel/+/events") if m.topic.startswith("boxtel/sim-"))
+        wait_until(lambda: simulated_events() >= 4, 20, "events from the simulated fleet")
+    finally:
+        sim.stop()
+        fleet_sub.close()
+    simulated = [m for m in fleet_sub.messages if m.topic.startswith("boxtel/sim-")]
+    assert len(simulated) > 100
+    for message in simulated:
+        box, _, stream = message.topic.removeprefix("boxtel/").partition("/")
+        doc.check(stream, message.json)
+        real = states.get("locker/armory-1" if stream.startswith("locker/") else stream)
+        if real is not None and stream != "health":  # a real box's health names its own drivers
+            assert set(message.json) == set(real), f"{box} {stream}: fields differ from a real agent's"
 
 
 def _latest(sub: Subscriber, stream: str) -> dict:
