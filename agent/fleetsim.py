@@ -39,6 +39,11 @@ SITES = ("Kandahar North", "Gao East", "Bunia", "Bor", "Mopti", "Goma Lake", "Ki
 _BACKLOG_MAX = 200  # messages a box keeps while offline before it drops (and counts) the oldest
 _MISC_INTERVAL_S = 1.0  # keep-alive pings and rejoins
 _EARTH_M_PER_DEG = 111_320.0
+# As the drivers raise them: these are warnings, every other alarm has severity "alarm".
+WARNING_ALARMS = frozenset({"fuel_low", "tank_low", "tank_overflow", "undervoltage"})
+FUEL_LOW_PCT = 15.0
+TANK_LOW_PCT = 15.0
+DOOR_OPEN_TOO_LONG_S = 60.0
 
 
 class FleetSim:
@@ -289,7 +294,7 @@ class SimBox:
 
     def _toggle_generator(self, now: float) -> None:
         self.generator_running = not self.generator_running
-        run_s = round(now - self.generator_since, 1)
+        run_s = round(now - self.generator_since)
         self.generator_since = now
         if self.generator_running:
             self.event("generator_started", "generator", "info")
@@ -304,7 +309,7 @@ class SimBox:
         source = f"locker/{name}"
         if state == "open":
             door["opened_mono"] = now
-            self.event("door_opened", source, "alarm" if door["armed"] else "info")
+            self.event("door_opened", source, "info", armed=door["armed"])  # as the locker driver: the alarm is separate
             if door["armed"]:
                 self.set_alarm(source, "door_opened_while_armed", True, emit_state=False)
         else:
@@ -316,33 +321,40 @@ class SimBox:
 
     def _derive_alarms(self, *, announce: bool) -> None:
         now = time.monotonic()
+        distance_m = self._home_distance_m()
+        # (source, alarm) -> (active, the details the real driver sends with it)
         wanted = {
-            ("generator", "fuel_low"): self.fuel_pct < 15.0,
-            ("generator", "generator_fault:low_oil"): self.low_oil,
-            ("water", "tank_low"): self.tank_pct < 15.0,
-            ("water", "leak_detected"): self.leak,
-            ("gps", "container_moved"): self._home_distance_m() > self.geofence_m,
+            ("generator", "fuel_low"): (self.fuel_pct < FUEL_LOW_PCT,
+                                        {"fuel_pct": round(self.fuel_pct, 1), "threshold_pct": FUEL_LOW_PCT}),
+            ("generator", "generator_fault:low_oil"): (self.low_oil, {"input": "low_oil"}),
+            ("water", "tank_low"): (self.tank_pct < TANK_LOW_PCT, {"tank_pct": round(self.tank_pct, 1)}),
+            ("water", "leak_detected"): (self.leak, {}),
+            ("gps", "container_moved"): (distance_m > self.geofence_m,
+                                         {"distance_m": round(distance_m, 1), "radius_m": self.geofence_m}),
         }
         for name, door in self.doors.items():
             opened = door["opened_mono"]
-            wanted[(f"locker/{name}", "door_open_too_long")] = opened is not None and now - opened > 60.0
-        for (source, alarm), active in wanted.items():
+            open_s = None if opened is None else now - opened
+            wanted[(f"locker/{name}", "door_open_too_long")] = (
+                open_s is not None and open_s > DOOR_OPEN_TOO_LONG_S,
+                {"open_s": round(open_s or 0.0), "limit_s": DOOR_OPEN_TOO_LONG_S})
+        for (source, alarm), (active, details) in wanted.items():
             if announce:
-                self.set_alarm(source, alarm, active)
+                self.set_alarm(source, alarm, active, **details)
             elif active:
                 self.alarms.setdefault(source, set()).add(alarm)
 
-    def set_alarm(self, source: str, alarm: str, active: bool, *, emit_state: bool = True) -> None:
+    def set_alarm(self, source: str, alarm: str, active: bool, *, emit_state: bool = True, **details: Any) -> None:
         current = self.alarms.setdefault(source, set())
         if active == (alarm in current):
             return
         if active:
             current.add(alarm)
-            severity = "warning" if alarm in ("tank_low", "fuel_low") else "alarm"
-            self.event("alarm_raised", source, severity, alarm=alarm)
+            severity = "warning" if alarm in WARNING_ALARMS else "alarm"
+            self.event("alarm_raised", source, severity, alarm=alarm, **details)
         else:
             current.discard(alarm)
-            self.event("alarm_cleared", source, "info", alarm=alarm)
+            self.event("alarm_cleared", source, "info", alarm=alarm, **details)
         if emit_state:
             stream = "health" if source == "host" else source
             if stream in self.streams:
@@ -377,7 +389,7 @@ class SimBox:
     def _gps(self) -> dict[str, Any]:
         if self.no_fix:
             return {"lat": None, "lon": None, "alt_m": None, "speed_mps": None, "course_deg": None,
-                    "fix": "none", "sats": 0, "sats_seen": 3, "hdop": None, "pdop": None, "home_distance_m": None}
+                    "fix": "none", "sats": None, "sats_seen": 3, "hdop": None, "pdop": None, "home_distance_m": None}
         jitter = 0.0 if self.moving else self.rng.uniform(-1e-5, 1e-5)
         return {
             "lat": round(self.position[0] + jitter, 6), "lon": round(self.position[1] + jitter, 6),
@@ -398,16 +410,19 @@ class SimBox:
     def _health(self) -> dict[str, Any]:
         rng = self.rng
         uptime = round(time.monotonic() - self.boot_mono)
+        load = round(rng.uniform(0.0, 0.6), 2)
         return {
-            "cpu_pct": round(rng.uniform(1.0, 15.0), 1), "load_1m": round(rng.uniform(0.0, 0.6), 2),
+            "cpu_pct": round(rng.uniform(1.0, 15.0), 1), "load_1m": load, "load_5m": load, "load_15m": load,
             "memory_pct": round(rng.uniform(20.0, 40.0), 1), "memory_available_mb": 600,
             "disk_free_mb": 12000, "disk_used_pct": 18.0, "temperature_c": round(rng.uniform(40.0, 62.0), 1),
-            "uptime_s": uptime, "undervoltage": "ok", "throttled": "ok",
+            "uptime_s": uptime, "undervoltage": "ok", "throttled": "ok", "power_trouble_since_boot": "no",
             "agent_version": __version__, "agent_uptime_s": uptime,
             "outbox_depth": len(self.backlog), "outbox_oldest_s": 0, "outbox_bytes": 0,
             "dropped": self.dropped, "replay_rate": 0.0, "reconnects": self.reconnects, "publish_errors": 0,
-            "clock_source": self.clock_source,
+            "last_publish_error": None, "mqtt_last_error": None, "clock_source": self.clock_source,
             "clock_offset_s": 0.0 if self.clock_source == "gps" else None,
+            **{f"errors_{stream}": 0 for stream in self.streams if stream != "health"}, "errors_host": 0,
+            "gps_link": "connected", "gps_fix": "none" if self.no_fix else "3d",
         }
 
     def event(self, kind: str, source: str, severity: str, **details: Any) -> None:

@@ -161,15 +161,17 @@ def agent_entities(box: Box) -> list[Entity]:
 
 
 def driver_entities(box: Box, section: str, stream: str, config: Any = None) -> list[Entity]:
-    """The entities of one configured driver; `stream` is where its readings go."""
+    """The entities of one configured driver; `stream` is where its readings go. With its `config`,
+    only the entities whose fields the driver sends (a water tank on an ADC sends `tank_pct`, one on
+    float switches `tank_level`; `pump` and `leak` only when wired); without, all of them."""
     if section == "host":
         return _host(stream)
     if section == "gps":
         return _gps(stream)
     if section == "generator":
-        return _generator(stream)
+        return _generator(stream, config)
     if section == "water":
-        return _water(stream)
+        return _water(stream, config)
     if section == "locker":
         return _locker(stream)
     return []  # a driver this version does not know how to present
@@ -180,7 +182,7 @@ def _host(h: str) -> list[Entity]:
     return [
         sensor("cpu_pct", "CPU", h, "cpu_pct", unit="%"),
         sensor("memory_pct", "Memory used", h, "memory_pct", unit="%"),
-        sensor("disk_free_mb", "Disk free", h, "disk_free_mb", unit="MB", device_class="data_size"),
+        sensor("disk_free_mb", "Disk free", h, "disk_free_mb", unit="MiB", device_class="data_size"),  # 2^20 bytes
         sensor("temperature_c", "CPU temperature", h, "temperature_c", unit="°C", device_class="temperature"),
         sensor("uptime_s", "Uptime", h, "uptime_s", unit="s", device_class="duration",
                state_class="total_increasing", diagnostic=True),
@@ -218,32 +220,45 @@ def _gps(g: str) -> list[Entity]:
     ]
 
 
-def _generator(s: str) -> list[Entity]:
-    return [
+def _generator(s: str, config: Any = None) -> list[Entity]:
+    entities = [
         binary("generator_running", "Generator running", s, "value_json.running", device_class="running"),
-        sensor("generator_fuel_pct", "Fuel", s, "fuel_pct", unit="%", icon="mdi:gas-station"),
         sensor("generator_run_hours", "Generator run hours", s, "run_hours", unit="h", device_class="duration",
                state_class="total_increasing"),
         binary("generator_fault", "Generator fault", s, "value_json.fault", device_class="problem",
                json_attributes_template="{{ {'faults': value_json.faults} | tojson }}"),
         problem("generator_alarm", "Generator alarm", s),
     ]
+    if _wired(config, "fuel"):  # without a fuel sender fuel_pct is always null
+        entities.insert(1, sensor("generator_fuel_pct", "Fuel", s, "fuel_pct", unit="%", icon="mdi:gas-station"))
+    return entities
 
 
-def _water(s: str) -> list[Entity]:
-    # A tank is read either by an ADC (tank_pct) or by float switches (tank_level); the field a box
-    # does not send stays "unknown" in HA.
-    return [
-        sensor("water_tank_pct", "Water tank", s, "tank_pct", unit="%", icon="mdi:water-percent"),
-        sensor("water_tank_level", "Water tank level", s, "tank_level", device_class="enum", state_class=None,
-               options=["low", "normal", "high"]),
-        sensor("water_flow_lpm", "Water flow", s, "flow_lpm", unit="L/min", device_class="volume_flow_rate"),
-        sensor("water_total_l", "Water used", s, "total_l", unit="L", device_class="water",
-               state_class="total_increasing"),
-        binary("water_pump", "Water pump", s, "value_json.pump", device_class="running"),
-        binary("water_leak", "Water leak", s, "value_json.leak", device_class="moisture"),
-        problem("water_alarm", "Water alarm", s),
-    ]
+def _water(s: str, config: Any = None) -> list[Entity]:
+    # A tank is read either by an ADC (tank_pct) or by float switches (tank_level).
+    entities = []
+    if _wired(config, "tank"):
+        entities.append(sensor("water_tank_pct", "Water tank", s, "tank_pct", unit="%", icon="mdi:water-percent"))
+    if _wired(config, "float_low", "float_high"):
+        entities.append(sensor("water_tank_level", "Water tank level", s, "tank_level", device_class="enum",
+                               state_class=None, options=["low", "normal", "high"]))
+    if _wired(config, "flow"):
+        entities += [
+            sensor("water_flow_lpm", "Water flow", s, "flow_lpm", unit="L/min", device_class="volume_flow_rate"),
+            sensor("water_total_l", "Water used", s, "total_l", unit="L", device_class="water",
+                   state_class="total_increasing"),
+        ]
+    if _wired(config, "pump"):
+        entities.append(binary("water_pump", "Water pump", s, "value_json.pump", device_class="running"))
+    if _wired(config, "leak"):
+        entities.append(binary("water_leak", "Water leak", s, "value_json.leak", device_class="moisture"))
+    entities.append(problem("water_alarm", "Water alarm", s))
+    return entities
+
+
+def _wired(config: Any, *inputs: str) -> bool:
+    """Whether any of `inputs` is configured; True without a config (every entity)."""
+    return config is None or any(getattr(config, name, None) is not None for name in inputs)
 
 
 def _locker(s: str) -> list[Entity]:

@@ -107,3 +107,23 @@ def agent_in_process(config_path: Path) -> Iterator[Agent]:
         built[0].request_stop()
         thread.join(15)
         assert not thread.is_alive(), "the agent did not stop"
+
+
+def fast_demo_hardware(speed: float) -> dict[str, Any]:
+    """The GPIO sections of config/simulate.toml (generator, water, lockers) with their time thresholds
+    shrunk by `speed`, so the scenario's minute plays in 60/speed s. Set `GpioScenario.speed` to match."""
+    import tomllib
+
+    from tests.support import ROOT
+
+    demo = tomllib.loads((ROOT / "config" / "simulate.toml").read_text())
+    sections = {"generator": demo["generator"], "water": demo["water"], "locker": demo["locker"]}
+    sections["generator"]["fuel"]["interval_s"] = sections["water"]["tank"]["interval_s"] = 1.0 / speed
+    sections["generator"]["fuel"]["smoothing"] = sections["water"]["tank"]["smoothing"] = 1
+    sections["water"]["continuous_flow_s"] /= speed
+    sections["water"]["flow_window_s"] /= speed
+    for locker in sections["locker"]:
+        locker["open_too_long_s"] /= speed
+        locker["chatter_clear_s"] /= speed
+        locker["armed_schedule"] = []  # armory-1 unarmed whatever the time of day
+    return sections

@@ -82,6 +82,18 @@ def test_gaps_the_box_reports_as_dropped_are_not_counted_lost():
     assert (row["seq_lost"], row["seq_dropped"]) == (1, 2)
 
 
+def test_the_table_shows_outbox_depth_and_what_the_box_dropped():
+    from agent.commands.fleet import _COLUMNS, _cells
+
+    model = FleetModel()
+    feed(model, "b1", "health", seq=1, outbox_depth=40, dropped=0, clock_source="gps")
+    cells = dict(zip(_COLUMNS, _cells(model.boxes["b1"], 1_700_000_001.0), strict=True))
+    assert (cells["OUTBOX"], cells["CLOCK"]) == ("40", "gps")
+    feed(model, "b1", "health", seq=2, outbox_depth=1200, dropped=3)
+    cells = dict(zip(_COLUMNS, _cells(model.boxes["b1"], 1_700_000_001.0), strict=True))
+    assert cells["OUTBOX"] == "1200 (3 dropped)"
+
+
 def test_a_stale_will_does_not_turn_a_box_offline_but_a_current_one_does():
     model = FleetModel()
     feed(model, "b1", "status", state="online", session=7, site="Bor")

@@ -4,14 +4,13 @@ and the simulated scenario."""
 from __future__ import annotations
 
 import time
-import tomllib
 
 import pytest
 
 from drivers.gpio_sim import GpioScenario
 from drivers.locker import LockerDriver
-from tests.gpio_support import Rig, agent_in_process
-from tests.support import ROOT, boxtel, toml_dumps, wait_until
+from tests.gpio_support import Rig, agent_in_process, fast_demo_hardware
+from tests.support import boxtel, toml_dumps, wait_until
 
 DOOR = 23
 
@@ -137,16 +136,7 @@ ALARMS = ["generator_fault:low_oil", "fuel_low", "tank_low", "tank_overflow", "l
 def test_simulated_minute_shows_every_event_and_each_alarm_once(make_config, broker, subscribe, monkeypatch):
     speed = 4.0  # the scenario's minute in 15 s; the time thresholds shrink to match
     monkeypatch.setattr(GpioScenario, "speed", speed)
-    demo = tomllib.loads((ROOT / "config" / "simulate.toml").read_text())
-    extra = {"simulate": True, "generator": demo["generator"], "water": demo["water"], "locker": demo["locker"]}
-    extra["generator"]["fuel"]["interval_s"] = extra["water"]["tank"]["interval_s"] = 1.0 / speed
-    extra["generator"]["fuel"]["smoothing"] = extra["water"]["tank"]["smoothing"] = 1
-    extra["water"]["continuous_flow_s"] /= speed
-    extra["water"]["flow_window_s"] /= speed
-    for locker in extra["locker"]:
-        locker["open_too_long_s"] /= speed
-        locker["chatter_clear_s"] /= speed
-        locker["armed_schedule"] = []  # armory-1 unarmed whatever the time of day
+    extra = {"simulate": True, **fast_demo_hardware(speed)}
     config = make_config(broker, extra=extra)
     assert "simulate = true" in config.read_text() and toml_dumps(extra)
     subscriber = subscribe("boxtel/test-001/events")

@@ -35,7 +35,7 @@ BINARY_DEVICE_CLASSES = {
 }
 # The sensor device classes we use, with the units HA accepts for each.
 SENSOR_UNITS = {
-    "duration": {"d", "h", "min", "s", "ms"}, "temperature": {"°C", "°F", "K"}, "data_size": {"B", "kB", "MB", "GB"},
+    "duration": {"d", "h", "min", "s", "ms"}, "temperature": {"°C", "°F", "K"}, "data_size": {"B", "kB", "MB", "GB", "KiB", "MiB", "GiB"},
     "speed": {"m/s", "km/h", "kn", "mph"}, "distance": {"m", "km", "ft", "mi"},
     "volume_flow_rate": {"L/min", "L/h", "m³/h", "gal/min"}, "water": {"L", "m³", "gal"}, "enum": {None},
 }
@@ -155,6 +155,21 @@ def test_gps_tracker_gives_home_assistant_latitude_and_longitude_and_nothing_wit
     assert attributes["gps_accuracy"] == pytest.approx(4.5)
     no_fix = {**PAYLOADS["gps"], "lat": None, "lon": None, "fix": "none"}
     assert json.loads(render(config["json_attributes_template"], no_fix)) == {"fix": "none"}
+
+
+def test_only_the_fields_a_configured_driver_sends_become_entities():
+    from drivers.generator import GeneratorConfig
+    from drivers.gpio import AdcConfig, InputConfig
+    from drivers.water import WaterConfig
+
+    floats = WaterConfig(float_low=InputConfig(pin=5), float_high=InputConfig(pin=6), leak=InputConfig(pin=26))
+    keys = {e.key for e in driver_entities(BOX, "water", "water", floats)}
+    assert keys == {"water_tank_level", "water_leak", "water_alarm"}  # no ADC, flow meter or pump wired
+    adc = WaterConfig(tank=AdcConfig(channel=1), flow=InputConfig(pin=13), pump=InputConfig(pin=19))
+    keys = {e.key for e in driver_entities(BOX, "water", "water", adc)}
+    assert keys == {"water_tank_pct", "water_flow_lpm", "water_total_l", "water_pump", "water_alarm"}
+    no_fuel = GeneratorConfig(running=InputConfig(pin=17))
+    assert "generator_fuel_pct" not in {e.key for e in driver_entities(BOX, "generator", "generator", no_fuel)}
 
 
 # -- a real agent --------------------------------------------------------------------------------------

@@ -302,7 +302,7 @@ def _cells(view: BoxView, now: float) -> tuple[str, ...]:
     return (
         view.box, view.site or "", status, seen, _gps(view.gps), _generator(view.generator),
         _water(view.water), _doors(view.doors), ",".join(view.alarms),
-        "" if view.outbox_depth is None else str(view.outbox_depth), view.clock_source or "",
+        _outbox(view.outbox_depth, view.dropped or 0), view.clock_source or "",
         f"{view.seq_lost}/{len(view.seq.pending)}",
     )
 
@@ -335,6 +335,12 @@ def _water(water: dict | None) -> str:
     tank = water.get("tank_pct")
     text = f"{tank:.0f}%" if isinstance(tank, int | float) else str(water.get("tank_level", ""))
     return text + (" LEAK" if water.get("leak") else "")
+
+
+def _outbox(depth: int | None, dropped: int) -> str:
+    """Pending messages, and how many the box has dropped from a full outbox (its own counter)."""
+    text = "" if depth is None else str(depth)
+    return f"{text} ({dropped} dropped)" if dropped else text
 
 
 def _doors(doors: dict | None) -> str:
