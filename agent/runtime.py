@@ -157,13 +157,15 @@ class Agent:
         self.notifier.send("STOPPING=1", "STATUS=stopping")
         if self.watchdog is not None:
             self.watchdog.stop()
-        if self.simulation is not None:
-            self.simulation.stop()
         for driver in self.drivers:
             try:
                 driver.stop()
             except Exception:  # noqa: BLE001
                 log.exception("driver %s failed to stop cleanly", driver.ctx.name)
+        # Simulated hardware goes after the drivers: a receiver unplugged first would make every stop
+        # publish fix_lost / gps_disconnected and a retained no-fix position.
+        if self.simulation is not None:
+            self.simulation.stop()
         self._drain_bus()
         self.control.stop()
         self._deliver_pending(_STOP_DELIVERY_S)

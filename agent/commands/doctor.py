@@ -37,10 +37,9 @@ SERIAL_TIMEOUT_S = 3.0  # a receiver talks at least once a second
 CERT_WARN_DAYS = 14  # renewals usually run at 30 days left; 14 means they have stopped
 MIN_FREE_MB = 10.0
 SERVICE = "boxtel.service"
-_VOLATILE_FS = {"tmpfs", "ramfs", "overlay", "squashfs"}
 _GPIO_SECTIONS = ("generator", "water", "locker")
 _PRELOAD = (
-    "agent.config", "agent.control", "agent.clock", "agent.publisher", "drivers.host", "drivers.gps",
+    "agent.config", "agent.control", "agent.clock", "agent.outbox", "agent.publisher", "drivers.host", "drivers.gps",
     "psutil", "serial", "gpiozero", "importlib.metadata", "paho.mqtt.client", "tomllib", "json", "logging", "encodings.idna",
 )
 # X509_V_ERR_* codes from OpenSSL's x509_vfy.h that have their own advice.
@@ -375,10 +374,12 @@ def check_state_dir(ctx: Context) -> list[Result]:
                        f"chown -R {ctx.service_user()} {path}; \"Read-only file system\" means the SD card "
                        "was remounted read-only after errors: check or replace it")]
     results = [Result(OK, "state dir", f"{path} is writable")]
-    fstype = filesystem_type(path)
-    if fstype in _VOLATILE_FS:
-        results.append(Result(WARN, "state dir", f"{path} is on {fstype}: the outbox is lost at power off",
-                              "point box.state_dir at persistent storage (/var/lib/boxtel)"))
+    from agent.outbox import volatile_reason
+
+    volatile = volatile_reason(path)
+    if volatile is not None:
+        results.append(Result(WARN, "state dir", volatile,
+                              "docs/deploy.md, \"SD cards and power loss\""))
     import psutil
 
     free_mb = psutil.disk_usage(str(path)).free / 2**20
@@ -596,26 +597,6 @@ def read_power(config: Any) -> dict[str, Any]:
     state_dir = config.state_dir if config is not None else Path(tempfile.gettempdir())
     ctx = DriverContext("host", bus=Bus(), clock=Clock(), state_dir=state_dir, simulate=False)
     return HostDriver(host_config, ctx).read_power()
-
-
-def filesystem_type(path: Path) -> str:
-    """The type of the mount holding `path`, from /proc/self/mountinfo (the longest mount point wins)."""
-    target = os.path.realpath(path)
-    best, fstype = "", ""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return ""
-    for line in lines:
-        fields, _, after = line.partition(" - ")
-        parts = fields.split()
-        if len(parts) < 5 or not after:
-            continue
-        mount_point = parts[4].replace("\\040", " ")
-        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-        if inside and len(mount_point) >= len(best):
-            best, fstype = mount_point, after.split()[0]
-    return fstype
 
 
 def user_can_open(path: str, user: str) -> bool:
