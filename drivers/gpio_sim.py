@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +33,6 @@ class GpioScenario(Simulator):
     def prepare(self) -> None:
         self.factory = pin_factory("mock")
         self._started = time.monotonic()  # the drivers read the ADC once before the scenario starts
-        self._stop = threading.Event()
         self._steps: list[tuple[float, Callable[[], None]]] = []
         self._pulses: list[tuple[float, float, float, InputConfig]] = []  # start, end, Hz, input
         for config in self.configs:
@@ -43,7 +41,6 @@ class GpioScenario(Simulator):
                     wire_pin(self.factory, wire.pin, high=not wire.active_high)
             self.script(config)
         self._steps.sort(key=lambda step: step[0])
-        self._thread = threading.Thread(target=self._run, name=f"sim-{type(self).__name__}", daemon=True)
 
     def script(self, config: Any) -> None:
         raise NotImplementedError
@@ -87,14 +84,7 @@ class GpioScenario(Simulator):
         """Scenario seconds since the start."""
         return (time.monotonic() - self._started) * self.speed
 
-    def start(self) -> None:
-        self._started = time.monotonic()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2.0)
+    def release(self) -> None:
         _forget_adcs(self.factory)
 
     def _run(self) -> None:

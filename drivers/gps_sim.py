@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import threading
 import time
 import tty
 from collections.abc import Iterator
@@ -41,18 +40,9 @@ class GpsSimulator(Simulator):
         self.link.symlink_to(os.ttyname(self.slave))
         for config in self.configs:
             config.port = str(self.link)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sim-gps", daemon=True)
         self._random = random.Random(17)
 
-    def start(self) -> None:
-        self._started = time.monotonic()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2.0)
+    def release(self) -> None:
         for fd in (self.master, self.slave):
             try:
                 os.close(fd)

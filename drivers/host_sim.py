@@ -8,7 +8,6 @@ sags under load does. The host driver reads it exactly as it reads /sys on a Pi.
 from __future__ import annotations
 
 import math
-import threading
 import time
 from pathlib import Path
 
@@ -32,17 +31,6 @@ class HostSimulator(Simulator):
         self._write(brownout=False, elapsed_s=0.0)
         for config in self.configs:
             config.sysfs_root = str(self.root)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="sim-host", daemon=True)
-
-    def start(self) -> None:
-        self._started = time.monotonic()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2.0)
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):

@@ -11,6 +11,8 @@ import importlib
 import logging
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +22,36 @@ log = logging.getLogger("boxtel.simulate")
 
 
 class Simulator:
-    """Base class for one driver kind's simulated hardware."""
+    """Base class for one driver kind's simulated hardware: prepare() makes it, a thread plays `_run`."""
 
     def __init__(self, configs: list[Any], workdir: Path):
         self.configs = configs  # this kind's driver configs, adjusted in place by prepare()
         self.workdir = workdir
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started = time.monotonic()
 
     def prepare(self) -> None:
         """Make the simulated hardware and point the configs at it (before drivers start)."""
 
     def start(self) -> None:
         """Start the scenario (drivers are running)."""
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"sim-{type(self).__name__}", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        """Stop the scenario and release what prepare() made."""
+        """Stop the scenario, then release what prepare() made."""
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        self.release()
+
+    def release(self) -> None:
+        """Free what prepare() made (the scenario thread has stopped)."""
+
+    def _run(self) -> None:
+        """The scenario, until `self._stop` is set."""
 
 
 class Simulation:
