@@ -84,6 +84,10 @@ class Outbox:
         self.dropped = 0
         self._pending: list[tuple[int, int, str, str, float]] = []  # accepted, not yet committed
         self._acked: set[int] = set()  # delivered, deletion not yet committed
+        self._trim_due = False  # rows were added since the last `_trim()`
+        self._upkeep_due = False  # a commit left `upkeep()` to its caller
+        self._synchronous: tuple[sqlite3.Connection, str] | None = None  # what the connection is set to
+        self._page_size_of: tuple[sqlite3.Connection, int] | None = None  # fixed once the file exists
         self._volatile = volatile_reason(path.parent)
         self._holds_file = True  # the memory copy holds everything the file held (after a disk failure)
         try:
@@ -112,30 +116,34 @@ class Outbox:
         return self._durable
 
     # -- accepting ---------------------------------------------------------------------------------
-    def accept(self, prio: int, stream: str, payload: dict[str, Any]) -> int:
-        """Assign the next seq and queue the message; events are committed before this returns."""
+    def accept(self, prio: int, stream: str, payload: dict[str, Any], *, upkeep: bool = True) -> int:
+        """Assign the next seq and queue the message; events are committed before this returns.
+        `upkeep=False`: the caller runs `upkeep()` itself once the event is on its way (latency)."""
         self.last_seq += 1
         seq = self.last_seq
         body = json.dumps({**payload, "seq": seq}, separators=(",", ":"), allow_nan=False)
         self._pending.append((seq, prio, stream, body, time.monotonic()))
         if prio == EVENT:
-            self.commit(durable=True)
+            self.commit(durable=True, upkeep=upkeep)
         return seq
 
     @property
     def unsaved_acks(self) -> int:
         return len(self._acked)
 
-    def commit(self, *, durable: bool = False) -> None:
-        """Write pending messages and deletions in one transaction. `durable`: fsync (events)."""
+    def commit(self, *, durable: bool = False, upkeep: bool = True) -> None:
+        """Write pending messages and deletions in one transaction. `durable`: fsync (events).
+        `upkeep=False` leaves trimming and the figures to the caller's `upkeep()`."""
         if not self._pending and not self._acked:
+            if upkeep and self._upkeep_due:
+                self.upkeep()
             return
         pending, acked = list(self._pending), list(self._acked)
         deleted = 0
 
         def write(db: sqlite3.Connection) -> None:
             nonlocal deleted
-            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._set_synchronous(db, "FULL" if durable else "NORMAL")
             with db:
                 if pending:
                     db.executemany(
@@ -153,7 +161,16 @@ class Outbox:
         self._count += len(pending) - deleted
         self._pending.clear()
         self._acked.clear()
-        if pending:
+        self._trim_due |= bool(pending)
+        self._upkeep_due = True
+        if upkeep:
+            self.upkeep()
+
+    def upkeep(self) -> None:
+        """After a commit: keep the file under its cap and refresh the figures diagnostics read."""
+        self._upkeep_due = False
+        if self._trim_due:
+            self._trim_due = False
             try:
                 self._trim()
             except sqlite3.Error as err:
@@ -379,7 +396,15 @@ class Outbox:
         return self.max_bytes if self._durable else min(self.max_bytes, MEMORY_MAX_BYTES)
 
     def _page_size(self) -> int:
-        return self._db.execute("PRAGMA page_size").fetchone()[0]
+        if self._page_size_of is None or self._page_size_of[0] is not self._db:
+            self._page_size_of = (self._db, self._db.execute("PRAGMA page_size").fetchone()[0])
+        return self._page_size_of[1]
+
+    def _set_synchronous(self, db: sqlite3.Connection, mode: str) -> None:
+        # A PRAGMA statement per commit costs about as much as the insert: set it only when it changes.
+        if self._synchronous is None or self._synchronous[0] is not db or self._synchronous[1] != mode:
+            db.execute(f"PRAGMA synchronous={mode}")
+            self._synchronous = (db, mode)
 
     def _meta(self, key: str) -> int:
         return _get_meta(self._db, key)

@@ -296,10 +296,13 @@ class Agent:
             **event.details,
             "ts": self.clock.iso_at(event.mono),
         }
-        seq = self.outbox.accept(EVENT, "events", payload)  # committed (fsync) before it can be published
-        self.control.feed("event", "events", payload, seq)
+        # Committed (fsync) before it can be published; then straight to paho, and only then the
+        # outbox's upkeep (trim, figures) and the diagnostics feed -- they add latency, not safety.
+        seq = self.outbox.accept(EVENT, "events", payload, upkeep=False)
         self._flush_at = None
         self._fill_window()
+        self.outbox.upkeep()
+        self.control.feed("event", "events", payload, seq)
 
     def _schedule_flush(self) -> None:
         if self._flush_at is None:

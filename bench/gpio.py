@@ -72,8 +72,8 @@ class _Arrivals:
             self.process.kill()
 
 
-def baseline(port: int, count: int) -> list[float]:
-    """Bare paho: publish (QoS 1) -> subscriber, one at a time, in ms."""
+def baseline(port: int, count: int, idle_s: float = 0.0) -> list[float]:
+    """Bare paho: publish (QoS 1) -> subscriber, one at a time, in ms; `idle_s` between rounds."""
     arrivals = _Arrivals(port, "bench/baseline")
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-pub", protocol=mqtt.MQTTv5)
     publisher.connect("127.0.0.1", port)
@@ -81,6 +81,7 @@ def baseline(port: int, count: int) -> list[float]:
     latencies = []
     try:
         for i in range(count + 20):
+            time.sleep(idle_s)
             sent = time.monotonic()
             publisher.publish("bench/baseline", f'{{"kind":"door_opened","n":{i}}}', qos=1)
             arrived = arrivals.next_arrival()
@@ -93,14 +94,16 @@ def baseline(port: int, count: int) -> list[float]:
     return latencies
 
 
-def durable_commit(folder, count: int) -> list[float]:
-    """The outbox's part alone: one SQLite WAL commit with synchronous=FULL on the same disk, in ms."""
-    db = sqlite3.connect(folder / "commit.db", isolation_level=None)
+def durable_commit(folder, count: int, idle_s: float = 0.0) -> list[float]:
+    """The outbox's part alone: one SQLite WAL commit with synchronous=FULL on the same disk, in ms;
+    `idle_s` between commits."""
+    db = sqlite3.connect(folder / f"commit-{idle_s}.db", isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")
     db.execute("CREATE TABLE t (seq INTEGER PRIMARY KEY, payload TEXT)")
     latencies = []
     for _ in range(count):
+        time.sleep(idle_s)
         start = time.monotonic()
         with db:
             db.execute("BEGIN")
@@ -152,6 +155,11 @@ def main() -> int:
     with Broker(folder / "broker") as broker:
         base = baseline(broker.port, count)
         commits = durable_commit(folder, count)
+        # The agent's path starts from idle (each edge waits out the debounce), and waking idle CPUs,
+        # threads and the disk costs far more than back-to-back rounds on some hosts (VMs): the same
+        # two parts, paced like the agent, show that floor.
+        paced_base = baseline(broker.port, count, DEBOUNCE_MS / 1000.0)
+        paced_commits = durable_commit(folder, count, DEBOUNCE_MS / 1000.0)
         edges = agent_edges(broker, folder, count)
     base_p50, base_p99 = statistics.median(base), percentile(base, 99)
     p50, p99 = statistics.median(edges), percentile(edges, 99)
@@ -160,6 +168,9 @@ def main() -> int:
     print(f"baseline bare paho QoS 1 publish -> subscriber: p50 {base_p50:.3f} ms, p99 {base_p99:.3f} ms")
     print(f"for scale, the durable commit alone (SQLite WAL, synchronous=FULL, same disk): "
           f"p50 {statistics.median(commits):.3f} ms, p99 {percentile(commits, 99):.3f} ms")
+    print(f"paced like the agent ({DEBOUNCE_MS:.0f} ms idle between rounds): bare paho p50 "
+          f"{statistics.median(paced_base):.3f} ms, p99 {percentile(paced_base, 99):.3f} ms; durable commit "
+          f"p50 {statistics.median(paced_commits):.3f} ms, p99 {percentile(paced_commits, 99):.3f} ms")
     print(f"ratio agent/baseline: p50 x{p50 / base_p50:.2f}, p99 x{p99 / base_p99:.2f}")
     ok = p99 <= TARGET_P99_MS
     print(f"target p99 <= {TARGET_P99_MS} ms beyond debounce: {verdict(ok)}")

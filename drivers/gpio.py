@@ -34,7 +34,11 @@ CHATTER_WINDOW_S = 2.0  # edges are counted over this window
 _EDGES_KEPT = 4096  # bounds memory on a floating pin; still far above any chatter limit
 _SAVE_COUNTERS_S = 60.0  # run_hours / total_l: a power cut costs at most this much of them
 _SAVE_SOON_S = 1.0  # a state change or alarm is saved within this (it tells a restart what it missed)
-_TICK_S = 2.0  # periodic work (counters, schedules) and the watchdog's proof of life; an idle box sleeps
+# Periodic work (counters, schedules) and the watchdog's proof of life; an idle box sleeps. Edges,
+# deadlines, pending saves and chatter wake the thread on their own, so this only bounds how late a
+# schedule minute or a counter shows (and every wake costs CPU on a Pi).
+_TICK_S = 5.0
+_CHATTER_RECHECK_S = 1.0  # while an input chatters: how often to see whether it has calmed down
 
 
 @dataclass(kw_only=True)
@@ -447,7 +451,8 @@ class GpioDriver(Driver):
             self._wake.clear()
             now = time.monotonic()
             timer = self.timer()
-            due = now >= next_tick or (timer is not None and now >= timer)
+            save_at = self._save_soon_at
+            due = now >= next_tick or (timer is not None and now >= timer) or (save_at is not None and now >= save_at)
             if due:
                 next_tick = now + self.tick_s
             try:
@@ -459,6 +464,10 @@ class GpioDriver(Driver):
             timer = self.timer()
             if timer is not None and timer > now:
                 deadlines.append(timer)
+            if self._save_soon_at is not None:
+                deadlines.append(self._save_soon_at)
+            if any(i.chattering for i in self.inputs.values()):
+                deadlines.append(now + _CHATTER_RECHECK_S)
             wait_s = min([next_tick, *deadlines]) - time.monotonic()
             if wait_s > 0:
                 self._wake.wait(wait_s)
@@ -495,6 +504,8 @@ class GpioDriver(Driver):
             self.ctx.save_state(data)
         except OSError as err:
             self.ctx.error("state_save", f"cannot save {self.ctx.name} state: {err.strerror}")
+            if self._save_soon_at is not None:  # retry at the next tick, not in a busy loop
+                self._save_soon_at = (time.monotonic() if now is None else now) + self.tick_s
             return
         self._save_soon_at = None
         self._counters_saved_at = time.monotonic() if now is None else now
