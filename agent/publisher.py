@@ -186,10 +186,9 @@ class Publisher:
         with self._client_lock:
             client, connected = self._client, self.connected
         # paho keeps its network thread in `_thread` from loop_start() to loop_stop().
-        if connected and client is not None and not getattr(client, "_thread", None):
+        network = getattr(client, "_thread", None)
+        if connected and (network is None or not network.is_alive()):
             return "paho's network thread is not running"
-        if connected and client is not None and not client._thread.is_alive():
-            return "paho's network thread has died"
         return None
 
     def snapshot(self) -> dict[str, Any]:

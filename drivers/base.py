@@ -146,6 +146,13 @@ class Driver:
         self.ctx = ctx
         self.threads: list[threading.Thread] = []  # the driver's own threads: one dying stops the watchdog
 
+    def start_thread(self, target: Any) -> threading.Thread:
+        """Start one of the driver's own threads, watched by `alive()`."""
+        thread = threading.Thread(target=target, name=f"driver-{self.ctx.name}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
+        return thread
+
     def alive(self) -> str | None:
         """None while the driver works; else why not (its thread died, no progress for too long)."""
         for thread in self.threads:

@@ -403,8 +403,7 @@ class GpioDriver(Driver):
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         self.open_pins()
-        self._thread = threading.Thread(target=self._run, name=f"driver-{self.ctx.name}", daemon=True)
-        self._thread.start()
+        self._thread = self.start_thread(self._run)
 
     def open_pins(self) -> None:
         """Open the inputs and report the state read from them (start() without the thread)."""

@@ -105,8 +105,7 @@ class GpsDriver(Driver):
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         self._load_home()
-        self._thread = threading.Thread(target=self._run, name="driver-gps", daemon=True)
-        self._thread.start()
+        self._thread = self.start_thread(self._run)
 
     def stop(self) -> None:
         self._stop.set()

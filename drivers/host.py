@@ -79,9 +79,7 @@ class HostDriver(Driver):
 
     def start(self) -> None:
         psutil.cpu_percent(interval=None)  # the first call only sets the baseline
-        self._thread = threading.Thread(target=self._run, name="driver-host", daemon=True)
-        self.threads.append(self._thread)
-        self._thread.start()
+        self._thread = self.start_thread(self._run)
 
     def stop(self) -> None:
         self._stop.set()

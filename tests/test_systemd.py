@@ -7,6 +7,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -101,10 +102,23 @@ def _stop_paho_thread(agent: Agent) -> None:
     agent.publisher._client.loop_stop()
 
 
-def _stop_host_driver_thread(agent: Agent) -> None:
-    host = next(d for d in agent.drivers if d.ctx.name == "host")
-    host._stop.set()
-    host._thread.join(timeout=5)
+def _stop_driver_thread(name: str) -> Callable[[Agent], None]:
+    def stop(agent: Agent) -> None:
+        driver = next(d for d in agent.drivers if d.ctx.name == name)
+        driver._stop.set()
+        driver._thread.join(timeout=5)
+
+    stop.__name__ = f"stop_{name}_driver_thread"
+    return stop
+
+
+# Every driver with a thread of its own: the host, the GPS on a simulated pty, a locker on mock pins.
+ALL_THREADED_DRIVERS = {
+    **FAST_HOST,
+    "simulate": True,
+    "gps": {},
+    "locker": [{"name": "armory-1", "door": {"pin": 23}}],
+}
 
 
 def _block_the_core(agent: Agent) -> None:
@@ -121,15 +135,17 @@ def _block_the_core(agent: Agent) -> None:
 
 
 @pytest.mark.parametrize(
-    "stop_part", [_stop_paho_thread, _stop_host_driver_thread, _block_the_core],
-    ids=["paho-network-thread", "driver-thread", "core-loop"],
+    "stop_part",
+    [_stop_paho_thread, _stop_driver_thread("host"), _stop_driver_thread("gps"),
+     _stop_driver_thread("locker/armory-1"), _block_the_core],
+    ids=["paho-network-thread", "host-driver-thread", "gps-driver-thread", "locker-driver-thread", "core-loop"],
 )
 def test_pings_stop_within_one_interval_when_a_part_stops(
     broker, make_config, notify_socket, monkeypatch, stop_part
 ):
     for key, value in _systemd_env(notify_socket).items():
         monkeypatch.setenv(key, value)
-    config = load(make_config(broker, FAST_HOST))
+    config = load(make_config(broker, ALL_THREADED_DRIVERS))
     built: list[Agent] = []
 
     def run() -> None:  # the core owns its SQLite connection: build it in the thread that runs it
