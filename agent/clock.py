@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -120,10 +121,16 @@ _TIME_ERROR = 5  # adjtimex() return value: clock not synchronised
 _STA_UNSYNC = 0x0040
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # Once: find_library runs `ldconfig -p` in a subprocess, far too dear for every clock check.
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def kernel_clock_synchronised() -> bool:
     """What `timedatectl` calls "System clock synchronized": the kernel's NTP state via adjtimex(2)."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = _libc()
         timex = _Timex()
         state = libc.adjtimex(ctypes.byref(timex))
     except (OSError, AttributeError):

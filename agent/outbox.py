@@ -84,6 +84,9 @@ class Outbox:
         self.dropped = 0
         self._pending: list[tuple[int, int, str, str, float]] = []  # accepted, not yet committed
         self._acked: set[int] = set()  # delivered, deletion not yet committed
+        # Handed out by the last take() or skipped by it (in flight, refused): trimming spares them, so
+        # every seq a caller skips is still a row -- take() counts on it to spare an idle box's query.
+        self._in_use: set[int] = set()
         self._trim_due = False  # rows were added since the last `_trim()`
         self._upkeep_due = False  # a commit left `upkeep()` to its caller
         self._synchronous: tuple[sqlite3.Connection, str] | None = None  # what the connection is set to
@@ -182,8 +185,8 @@ class Outbox:
         """Up to `limit` committed messages in delivery order, skipping those in `exclude`; of them at
         most `history_limit` history messages (None: no separate limit)."""
         skip = exclude | self._acked
-        if limit <= 0 or self._count <= 0:
-            return []
+        if limit <= 0 or self._count <= len(skip):
+            return []  # every committed row is in flight, refused for now or delivered
         history_room = limit if history_limit is None else history_limit
         taken: list[Message] = []
         rows = self._db.execute(
@@ -199,6 +202,7 @@ class Outbox:
             taken.append(Message._make(row))
             if len(taken) == limit:
                 break
+        self._in_use = skip.union(message.seq for message in taken)
         return taken
 
     def delivered(self, seq: int) -> None:
@@ -329,12 +333,14 @@ class Outbox:
         for prio in _DROP_ORDER:
             if len(victims) >= want:
                 break
+            spared = self._acked | self._in_use
             rows = self._db.execute(
                 "SELECT seq, prio, stream FROM outbox WHERE prio = ? ORDER BY seq LIMIT ?",
-                (prio, want - len(victims) + len(self._acked)),
+                (prio, want - len(victims) + len(spared)),
             )
-            # a message the broker already acknowledged is delivered, not dropped: its deletion is pending
-            victims += [row for row in rows if row[0] not in self._acked][: want - len(victims)]
+            # A message the broker acknowledged is delivered, not dropped (its deletion is pending); one
+            # in flight may be acknowledged any moment (and take() counts on its row being there).
+            victims += [row for row in rows if row[0] not in spared][: want - len(victims)]
         if not victims:
             return
         db = self._db

@@ -32,7 +32,10 @@ log = logging.getLogger("boxtel.gps")
 AUTO = "auto"
 COMMON_BAUDS = (9600, 4800, 38400, 115200, 57600, 19200)  # most receivers ship at 9600, old ones 4800
 BAUDS = (4800, 9600, 19200, 38400, 57600, 115200)
-READ_TIMEOUT_S = 0.5  # a blocking read never holds the thread longer: stop() is quick, progress regular
+# A blocking read never holds the thread longer (stop() cancels it sooner): progress stays regular,
+# and an idle receiver costs one wake in this long, not several a second.
+READ_TIMEOUT_S = 2.0
+PROBE_READ_S = 0.5  # `boxtel doctor`'s probe shares a few seconds between baud rates
 GATHER_S = 0.1
 AUTO_BAUD_WINDOW_S = 2.5  # a receiver talks at least once a second; silence this long: try the next rate
 RECONNECT_MIN_S = 1.0
@@ -87,6 +90,7 @@ class GpsDriver(Driver):
         super().__init__(config, ctx)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._port: serial.Serial | None = None  # the open port, for stop() to cancel a blocked read
         self._lock = threading.Lock()
         self.stats = nmea.new_stats()
         self.link = DISCONNECTED
@@ -109,6 +113,12 @@ class GpsDriver(Driver):
 
     def stop(self) -> None:
         self._stop.set()
+        port = self._port
+        if port is not None:
+            try:
+                port.cancel_read()  # wakes a read blocked in select(); harmless once the port is closed
+            except (serial.SerialException, OSError, TypeError):
+                pass
         if self._thread is not None:
             self._thread.join(timeout=2.0)
 
@@ -123,6 +133,7 @@ class GpsDriver(Driver):
                 delay = min(delay * 2, self.config.reconnect_max_s)
                 continue
             opened = time.monotonic()
+            self._port = port
             try:
                 self._read_until_lost(port)
             except (serial.SerialException, OSError) as err:
@@ -132,6 +143,7 @@ class GpsDriver(Driver):
                 log.exception("GPS read failed")
                 self._set_link(DISCONNECTED, reason=repr(err))
             finally:
+                self._port = None
                 port.close()
             if self.last_sentence_mono is not None and self.last_sentence_mono >= opened:
                 delay = RECONNECT_MIN_S  # it worked for a while: the next attempt may well work again
@@ -153,9 +165,15 @@ class GpsDriver(Driver):
     def _open(self) -> serial.Serial:
         baud = self.baud or COMMON_BAUDS[0]
         # exclusive: a second reader (another agent, a forgotten minicom) would steal half the bytes
-        port = serial.Serial(self.config.port, baudrate=baud, timeout=READ_TIMEOUT_S, exclusive=True)
+        port = serial.Serial(self.config.port, baudrate=baud, timeout=self._read_timeout_s(searching=False),
+                             exclusive=True)
         log.info("opened %s at %d baud", self.config.port, baud)
         return port
+
+    def _read_timeout_s(self, *, searching: bool) -> float:
+        """Long enough to spare wakes, short enough to notice silence (stale, or the wrong baud)."""
+        timeout = min(READ_TIMEOUT_S, self.config.stale_after_s / 2)
+        return min(timeout, AUTO_BAUD_WINDOW_S / 2) if searching else timeout
 
     # -- reading -----------------------------------------------------------------------------------
     def _read_until_lost(self, port: serial.Serial) -> None:
@@ -168,6 +186,8 @@ class GpsDriver(Driver):
         # With "auto", start at the rate that worked last; cycle only if nothing valid comes at it
         # (another receiver may have been plugged in).
         auto = self.config.baud == AUTO
+        if auto:
+            port.timeout = self._read_timeout_s(searching=True)
         while not self._stop.is_set():
             data = port.read(max(1, port.in_waiting))
             now = time.monotonic()
@@ -184,6 +204,7 @@ class GpsDriver(Driver):
                 valid_seen = True
                 if auto:
                     auto = False
+                    port.timeout = self._read_timeout_s(searching=False)
                     self.baud = port.baudrate
                     log.info("%s talks NMEA at %d baud", self.config.port, port.baudrate)
                 self._set_link(CONNECTED)
@@ -417,7 +438,7 @@ def probe_port(port: str, baud: int | str, timeout_s: float) -> tuple[bool, str]
     rates = list(COMMON_BAUDS) if baud == AUTO else [int(baud)]
     share_s = max(timeout_s / len(rates), 1.2) if len(rates) > 1 else timeout_s
     try:
-        handle = serial.Serial(port, baudrate=rates[0], timeout=READ_TIMEOUT_S, exclusive=True)
+        handle = serial.Serial(port, baudrate=rates[0], timeout=PROBE_READ_S, exclusive=True)
     except (serial.SerialException, OSError, ValueError) as err:
         if "exclusively lock" in str(err):  # pyserial's exclusive=True: someone holds the port
             return False, f"{port} is busy: another program (the running agent?) has it open"

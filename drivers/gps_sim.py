@@ -9,7 +9,9 @@ binary noise), as a serial line in a generator-powered container delivers.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import os
 import random
 import time
@@ -55,16 +57,18 @@ class GpsSimulator(Simulator):
         while not self._stop.wait(1.0 - (time.time() % 1.0)):
             elapsed = time.monotonic() - self._started
             state = scenario(elapsed, self._random)
-            for line in epoch_sentences(time.time(), **state):
+            epoch = epoch_sentences(time.time(), **state)
+            for index in range(len(epoch)):
                 lines += 1
                 if lines % CORRUPT_EVERY == 0:
-                    line = corrupt(line, self._random)
-                try:
-                    os.write(self.master, line.encode("latin-1"))
-                except BlockingIOError:
-                    pass  # nobody reading: a receiver does not wait either
-                except OSError:
-                    return
+                    epoch[index] = corrupt(epoch[index], self._random)
+            try:
+                # the whole epoch in one write, as a receiver's UART FIFO hands it over in bursts
+                os.write(self.master, "".join(epoch).encode("latin-1"))
+            except BlockingIOError:
+                pass  # nobody reading: a receiver does not wait either
+            except OSError:
+                return
 
 
 def scenario(elapsed_s: float, rng: random.Random) -> dict:
@@ -114,14 +118,12 @@ def epoch_sentences(epoch_s: float, *, lat: float, lon: float, alt_m: float, spe
         rmc = f"GPRMC,{hhmmss},V,,,,,,,{ddmmyy},,,N"
     prns = [f"{p:02d}" for p in used] + [""] * (12 - len(used))
     gsa = f"GPGSA,A,{3 if fix else 1},{','.join(prns)},{pdop:.2f},{hdop:.2f},{vdop:.2f}"
-    return [sentence(body) for body in (gga, gsa, *_gsv(len(SATELLITES)), rmc)]
+    return [sentence(gga), sentence(gsa), *_GSV_SENTENCES, sentence(rmc)]
 
 
 def sentence(body: str) -> str:
     """`body` framed as an NMEA sentence with its checksum."""
-    checksum = 0
-    for char in body:
-        checksum ^= ord(char)
+    checksum = functools.reduce(operator.xor, body.encode("latin-1"), 0)
     return f"${body}*{checksum:02X}\r\n"
 
 
@@ -143,6 +145,9 @@ def _gsv(count: int) -> Iterator[str]:
         for i, prn in enumerate(SATELLITES[part * 4: part * 4 + 4]):
             block.append(f"{prn:02d},{20 + (prn * 7) % 60:02d},{(prn * 33) % 360:03d},{30 + (i * 5) % 18:02d}")
         yield f"GPGSV,{parts},{part + 1},{count:02d},{','.join(block)}"
+
+
+_GSV_SENTENCES = tuple(sentence(body) for body in _gsv(len(SATELLITES)))  # the sky here does not change
 
 
 def _nmea_angle(value: float, degree_digits: int, hemispheres: str) -> str:

@@ -29,6 +29,8 @@ class HostSimulator(Simulator):
             folder.mkdir(parents=True, exist_ok=True)
         (self.hwmon / "name").write_text("rpi_volt\n")
         (self.thermal / "type").write_text("cpu-thermal\n")
+        self._brownouts_seen = False
+        self._written: dict[Path, str] = {}
         self._write(brownout=False, elapsed_s=0.0)
         for config in self.configs:
             config.sysfs_root = str(self.root)
@@ -40,15 +42,17 @@ class HostSimulator(Simulator):
             self._write(brownout=elapsed >= BROWNOUT_AT_S and phase < BROWNOUT_FOR_S, elapsed_s=elapsed)
 
     def _write(self, *, brownout: bool, elapsed_s: float) -> None:
-        self._brownouts_seen = getattr(self, "_brownouts_seen", False) or brownout
-        _write_atomic(self.hwmon / "in0_lcrit_alarm", "1" if brownout else "0")
+        self._brownouts_seen = self._brownouts_seen or brownout
+        self._update(self.hwmon / "in0_lcrit_alarm", "1" if brownout else "0")
         flags = (0x5 if brownout else 0) | (0x50000 if self._brownouts_seen else 0)
-        _write_atomic(self.firmware / "get_throttled", f"{flags:x}")
+        self._update(self.firmware / "get_throttled", f"{flags:x}")
         millidegrees = 52000 + 6000 * math.sin(elapsed_s / 120.0)
-        _write_atomic(self.thermal / "temp", str(int(millidegrees)))
+        self._update(self.thermal / "temp", str(int(millidegrees) // 100 * 100))  # 0.1 °C steps
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
+    def _update(self, path: Path, text: str) -> None:
+        """Write `path` atomically, and only when its text changes (sysfs costs nothing to keep)."""
+        if self._written.get(path) != text:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(text + "\n")
+            tmp.replace(path)
+            self._written[path] = text

@@ -101,6 +101,28 @@ def test_full_outbox_drops_oldest_history_first_and_counts_it(tmp_path):
     assert again.dropped == len(dropped)
 
 
+def test_a_full_outbox_spares_what_is_in_flight_so_the_next_take_still_finds_new_rows(tmp_path):
+    box = Outbox(tmp_path / "outbox.db", max_bytes=2**20)
+    oldest = [box.accept(HISTORY, "gps", {"pad": "x" * 150}) for _ in range(20)]
+    box.commit()
+    in_flight = {m.seq for m in box.take(20, set())}
+    assert in_flight == set(oldest)
+    for _ in range(60):  # ~1.5 MB more history: the oldest rows would go first, but they are in flight
+        for _ in range(100):
+            box.accept(HISTORY, "gps", {"pad": "x" * 150})
+        box.commit()
+    assert box.dropped > 0
+    assert in_flight <= {m.seq for m in box.take(100000, set())}  # the next oldest went instead
+    live = box.accept(LIVE, "gps", {"lat": 1.0})
+    box.commit()
+    # The in-flight rows are all still there, so skipping them leaves room to see the new live reading.
+    assert [m.seq for m in box.take(1, in_flight)] == [live]
+    for seq in in_flight:
+        box.delivered(seq)
+    box.commit()
+    assert not in_flight & {m.seq for m in box.take(100000, set())}
+
+
 def test_events_go_last_oldest_first(tmp_path):
     box = Outbox(tmp_path / "outbox.db", max_bytes=2**20)
     first = box.accept(HISTORY, "gps", {"pad": "x" * 200})
