@@ -193,8 +193,11 @@ class GpsDriver(Driver):
             now = time.monotonic()
             self.ctx.progress()
             if data:
-                # A receiver's epoch trickles in over ~0.5 s at 9600 baud: let it gather instead of
-                # waking per byte (CPU on a Pi), yet stamp its first bytes with the time they came.
+                data += port.read(port.in_waiting)
+            if data and not data.endswith(b"\n"):
+                # A UART receiver's epoch trickles in over ~0.5 s at 9600 baud: let it gather instead of
+                # waking per byte (CPU on a Pi), yet stamp its first bytes with the time they came. A USB
+                # receiver hands over whole sentences: nothing to wait for.
                 self._stop.wait(GATHER_S)
                 data += port.read(port.in_waiting)
             before = _valid_count(self.stats)
