@@ -14,6 +14,7 @@ import tomllib
 from agent.devbroker import Broker
 from bench.common import ROOT, env_seconds, measure_process, python, scratch, verdict
 from drivers import REGISTRY, driver_class
+from drivers.gpio_sim import CYCLE_S
 from tests.support import toml_dumps
 
 RSS_TARGET_MB = 35.0
@@ -59,7 +60,10 @@ def _required_keys(cls) -> set[str]:
 
 
 def main() -> int:
-    seconds = env_seconds("BENCH_FOOTPRINT_S", 60.0)
+    # Two windows of one scenario cycle (drivers/gpio_sim.CYCLE_S): its first minute plays every kind of
+    # event (doors, generator, tank, a chattering wire) -- far busier than a real box -- the second is
+    # steady state. The verdict takes the busier one.
+    seconds = env_seconds("BENCH_FOOTPRINT_S", CYCLE_S / 2)
     folder = scratch("footprint")
     with Broker(folder / "broker") as broker:
         config = default_rate_config(folder, broker.port)
@@ -69,7 +73,7 @@ def main() -> int:
         try:
             # let both settle (imports, first samples) before measuring
             subprocess.run(["sleep", "5"], check=True)
-            agent_figures = measure_process(agent.pid, seconds)
+            windows = [measure_process(agent.pid, seconds), measure_process(agent.pid, seconds)]
             base_figures = measure_process(baseline.pid, min(seconds, 20.0))
         finally:
             for process in (agent, baseline):
@@ -78,12 +82,16 @@ def main() -> int:
                     process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     process.kill()
-    rss_ok = agent_figures["peak_rss_mb"] <= RSS_TARGET_MB
-    cpu_ok = agent_figures["cpu_pct"] <= CPU_TARGET_PCT
-    print(f"agent    over {agent_figures['wall_s']:.0f} s: CPU {agent_figures['cpu_pct']:.3f} % of one core, "
-          f"RSS {agent_figures['rss_mb']:.1f} MB (peak {agent_figures['peak_rss_mb']:.1f} MB)")
+    peak_rss = max(w["peak_rss_mb"] for w in windows)
+    worst_cpu = max(w["cpu_pct"] for w in windows)
+    rss_ok = peak_rss <= RSS_TARGET_MB
+    cpu_ok = worst_cpu <= CPU_TARGET_PCT
+    for name, figures in zip(("scenario's busy minute", "steady state"), windows, strict=True):
+        print(f"agent    {name} ({figures['wall_s']:.0f} s): CPU {figures['cpu_pct']:.3f} % of one core, "
+              f"RSS {figures['rss_mb']:.1f} MB (peak {figures['peak_rss_mb']:.1f} MB)")
     print(f"baseline (bare paho connection): CPU {base_figures['cpu_pct']:.3f} %, RSS {base_figures['rss_mb']:.1f} MB")
-    print(f"ratio agent/baseline: RSS x{agent_figures['peak_rss_mb'] / base_figures['rss_mb']:.2f}")
-    print(f"target RSS <= {RSS_TARGET_MB} MB: {verdict(rss_ok)}; CPU <= {CPU_TARGET_PCT} %: {verdict(cpu_ok)}")
+    print(f"ratio agent/baseline: RSS x{peak_rss / base_figures['rss_mb']:.2f}")
+    print(f"target RSS <= {RSS_TARGET_MB} MB: {verdict(rss_ok)}; "
+          f"CPU <= {CPU_TARGET_PCT} % (the busier window, {worst_cpu:.3f} %): {verdict(cpu_ok)}")
     print(f"(log: {folder / 'agent.log'})")
     return 0 if rss_ok and cpu_ok else 1
