@@ -150,6 +150,24 @@ def test_no_fix_and_garbage_never_give_a_position(gps):
     assert "fix_acquired" not in box.kinds()
 
 
+def test_a_uart_receiver_trickling_sentences_in_pieces_gives_whole_fixes(gps):
+    box = gps(publish_interval_s=1.0).start()
+    box.wait_event("gps_connected", feed=FIX)
+    box.readings.clear()
+    damaged_before = box.driver.stats["malformed"] + box.driver.stats["bad_checksum"]  # (a cut first line)
+    north = (HOME[0] + 0.001, HOME[1])  # 111 m from anything sent before
+    for _ in range(3):  # at 9600 baud an epoch arrives over ~0.4 s, a few bytes at a time
+        epoch = "".join(epoch_sentences(box.epoch_s, lat=north[0], lon=north[1], alt_m=5.0, speed_mps=0.1,
+                                        course_deg=90.0)).encode()
+        for start in range(0, len(epoch), 24):
+            box.pty.write(epoch[start:start + 24])
+            time.sleep(0.02)  # the line's pace, not a synchronisation
+        box.epoch_s += 1
+    values = box.wait_reading(lambda r: r["lat"] is not None and abs(r["lat"] - north[0]) < 1e-6, "the new fix")
+    assert abs(values["lon"] - north[1]) < 1e-6 and values["fix"] == "3d"
+    assert box.driver.stats["malformed"] + box.driver.stats["bad_checksum"] == damaged_before
+
+
 def test_fix_lost_and_regained_are_events_and_publish_at_once(gps):
     box = gps(publish_interval_s=3600.0).start()
     box.wait_reading(lambda r: r["fix"] == "3d", feed=FIX)
@@ -216,7 +234,7 @@ def test_auto_baud_cycles_until_the_receiver_is_understood(gps, make_pty):
 
 
 def test_stop_is_quick(gps):
-    box = gps().start()
+    box = gps(stale_after_s=10.0).start()  # reads then block for the full READ_TIMEOUT_S: stop cancels them
     box.wait_event("gps_connected", feed=FIX)
     started = time.monotonic()
     box.driver.stop()
