@@ -23,6 +23,7 @@ from drivers.simulator import Simulator
 CYCLE_S = 120.0
 _BOUNCE_EDGES = 4  # toggles before a contact settles
 _BOUNCE_GAP_S = 0.0005
+_CHATTER_BURST = 4  # edges a chattering contact makes at a time
 
 
 class GpioScenario(Simulator):
@@ -195,11 +196,13 @@ class LockerSimulator(GpioScenario):
     def _chatter(self, door: InputConfig, seconds: float) -> None:
         pin = self.factory.pin(door.pin)
         end = time.monotonic() + seconds / self.speed
-        gap_s = 0.005 / self.speed  # 100 edges per scenario second: five times the default chatter limit
+        # 100 edges per scenario second (five times the default chatter limit), in bursts of a few as a
+        # loose contact makes them -- and a sleep per burst, not per edge, for the simulator's own CPU.
+        gap_s = _CHATTER_BURST / 100.0 / self.speed
         while time.monotonic() < end and not self._stop.is_set():
-            pin.drive_high()
-            time.sleep(gap_s)
-            pin.drive_low()
+            for _ in range(_CHATTER_BURST // 2):
+                pin.drive_high()
+                pin.drive_low()
             time.sleep(gap_s)
         self.drive(door, False)
 
