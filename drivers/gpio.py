@@ -14,6 +14,7 @@ input counts its raw edges and reports `chattering`; the locker turns that into 
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import warnings
@@ -302,6 +303,10 @@ class AnalogInput:
 
         self.label = label
         self.config = config
+        # gpiozero shares one SPI bus object per pin set. A closed bus that the cyclic garbage collector
+        # finalizes late unregisters whichever bus holds its key by then, and the next ADC would try to
+        # take the SPI pins again (GPIOPinInUse). Finalize such leftovers before registering ours.
+        gc.collect()
         self.device = getattr(gpiozero, config.chip)(
             channel=config.channel, port=config.spi_port, device=config.spi_device, pin_factory=factory,
         )  # gpiozero shares one SPI interface between the channels of a chip

@@ -3,11 +3,13 @@ and the simulated scenario."""
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
 
-from drivers.gpio_sim import GpioScenario
+from drivers.gpio import AdcConfig, AnalogInput
+from drivers.gpio_sim import GpioScenario, mock_adc
 from drivers.locker import LockerDriver
 from tests.gpio_support import Rig, agent_in_process, fast_demo_hardware
 from tests.support import boxtel, toml_dumps, wait_until
@@ -177,3 +179,25 @@ def test_driver_shows_progress_while_idle_and_stops_promptly(door):
     begun = time.monotonic()
     door.driver.stop()
     assert time.monotonic() - begun < 0.5
+
+
+def test_two_adc_users_open_after_an_earlier_bus_is_finalized_late(mock_pins):
+    """gpiozero shares the SPI bus between ADCs; a closed bus that the garbage collector finalizes only
+    later (it sits in a reference cycle) used to unregister the live bus, so the next ADC (the water
+    tank after the generator's fuel) found the SPI pins taken (seen in CI as a flaky demo test)."""
+    fuel, tank = AdcConfig(channel=0, raw_full=1023), AdcConfig(channel=1, raw_full=1023)
+    mock_adc(mock_pins, fuel)
+    mock_adc(mock_pins, tank)
+    gc.disable()  # the collector runs when it likes; here: only where the test says
+    try:
+        earlier = AnalogInput("an earlier agent's fuel", fuel, mock_pins)
+        earlier.close()
+        del earlier  # garbage now, finalized whenever the collector next runs
+        generator = AnalogInput("generator fuel", fuel, mock_pins)
+        gc.collect()  # ...such as here, between two drivers opening their ADCs
+        water = AnalogInput("water tank", tank, mock_pins)
+        assert generator.sample() is not None and water.sample() is not None
+        water.close()
+        generator.close()
+    finally:
+        gc.enable()
