@@ -121,11 +121,8 @@ class GeneratorDriver(GpioDriver):
     def _sample_fuel(self, now: float) -> None:
         if self.fuel is None:
             return
-        try:
-            self.fuel_pct = self.fuel.sample()
-        except Exception as err:  # noqa: BLE001 - an SPI hiccup: report null, count it, keep going
-            self.fuel_pct = None
-            self.ctx.error("adc_read", f"cannot read the fuel ADC: {err}")
+        self.fuel_pct = self.fuel.read_pct(self.ctx)
+        if self.fuel_pct is None:
             return
         if self.fuel_pct <= self.config.fuel_low_pct:
             self._fuel_low = True

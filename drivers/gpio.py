@@ -320,6 +320,15 @@ class AnalogInput:
         self._samples.append(raw)
         return self.config.percent(sum(self._samples) / len(self._samples))
 
+    def read_pct(self, ctx: DriverContext) -> float | None:
+        """`sample()`, or None once the failure is counted in the driver's health: an SPI hiccup must
+        neither stop the driver nor leave a stale level standing as the current one."""
+        try:
+            return self.sample()
+        except Exception as err:  # noqa: BLE001 - an SPI hiccup: report null, count it, keep going
+            ctx.error("adc_read", f"cannot read the {self.label} ADC: {err}")
+            return None
+
     def close(self) -> None:
         self.device.close()
 

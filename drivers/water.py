@@ -124,11 +124,8 @@ class WaterDriver(GpioDriver):
     def _sample_tank(self) -> None:
         if self.tank is None:
             return
-        try:
-            self.tank_pct = self.tank.sample()
-        except Exception as err:  # noqa: BLE001 - an SPI hiccup: report null, count it, keep going
-            self.tank_pct = None
-            self.ctx.error("adc_read", f"cannot read the tank ADC: {err}")
+        self.tank_pct = self.tank.read_pct(self.ctx)
+        if self.tank_pct is None:
             return
         config = self.config
         if self.tank_pct <= config.tank_low_pct:

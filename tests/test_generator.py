@@ -89,6 +89,29 @@ def test_fuel_smoothing_averages_samples(tmp_path, mock_pins):
     assert rig.state()["fuel_pct"] == 50.0  # (100 % + 0 %) / 2: a slosh is not an empty tank
 
 
+def test_an_adc_read_that_fails_gives_null_fuel_counts_the_error_and_recovers(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins, fuel=FUEL)
+    adc = mock_adc(mock_pins, rig.config.fuel)
+    level = {"raw": 500}
+
+    def raw() -> int:
+        if level["raw"] is None:
+            raise OSError("SPI transfer failed")
+        return level["raw"]
+
+    adc.levels[0] = raw
+    rig.driver.open_pins()
+    assert rig.state()["fuel_pct"] == 50.0
+    level["raw"] = None
+    rig.step(5.0)
+    assert rig.state()["fuel_pct"] is None  # never the last good level standing in for a failed read
+    assert rig.ctx.errors == {"adc_read": 1}
+    assert "generator fuel" in rig.ctx.last_error and "SPI transfer failed" in rig.ctx.last_error
+    level["raw"] = 900
+    rig.step(10.0)
+    assert rig.state()["fuel_pct"] == 100.0
+
+
 def test_no_adc_means_null_fuel(tmp_path, mock_pins):
     rig = generator(tmp_path, mock_pins)
     rig.driver.open_pins()
