@@ -19,6 +19,7 @@ from drivers.gps.sim import HOME, epoch_sentences
 from tests.support import wait_until
 
 GPS_NOW = 1_764_150_000.0  # 2025-11-26T09:40:00Z: what the receiver says it is
+EPOCH_STEP_S = 0.05  # epochs sent in a burst: a 20 Hz receiver
 
 
 class Harness:
@@ -33,7 +34,8 @@ class Harness:
         self.driver = GpsDriver(self.config, self.ctx)
         self.readings: list[dict] = []
         self.events: list[Event] = []
-        self.epoch_s = GPS_NOW
+        self._started = time.monotonic()
+        self.epoch_s = GPS_NOW - EPOCH_STEP_S
 
     def start(self) -> Harness:
         self.driver.start()
@@ -53,10 +55,15 @@ class Harness:
     def send(self, lat: float = HOME[0], lon: float = HOME[1], fix: bool = True, seconds: int = 1) -> None:
         """`seconds` epochs of receiver output, one after the other (the driver sees them as they come)."""
         for _ in range(seconds):
-            for line in epoch_sentences(self.epoch_s, lat=lat, lon=lon, alt_m=5.0, speed_mps=0.1,
+            for line in epoch_sentences(self.next_epoch_s(), lat=lat, lon=lon, alt_m=5.0, speed_mps=0.1,
                                         course_deg=90.0, fix=fix):
                 self.pty.write(line)
-            self.epoch_s += 1
+
+    def next_epoch_s(self) -> float:
+        """The receiver's time for an epoch sent now: GPS_NOW plus the time since start, as a receiver's
+        clock runs with the monotonic clock (the integrity check distrusts one that does not)."""
+        self.epoch_s = max(self.epoch_s + EPOCH_STEP_S, GPS_NOW + time.monotonic() - self._started)
+        return self.epoch_s
 
     def wait_reading(self, where, what: str = "a reading", feed: dict | None = None) -> dict:
         """Wait for a reading; with `feed`, the receiver keeps sending that epoch meanwhile (it does not
@@ -158,12 +165,11 @@ def test_a_uart_receiver_trickling_sentences_in_pieces_gives_whole_fixes(gps):
     damaged_before = box.driver.stats["malformed"] + box.driver.stats["bad_checksum"]  # (a cut first line)
     north = (HOME[0] + 0.001, HOME[1])  # 111 m from anything sent before
     for _ in range(3):  # at 9600 baud an epoch arrives over ~0.4 s, a few bytes at a time
-        epoch = "".join(epoch_sentences(box.epoch_s, lat=north[0], lon=north[1], alt_m=5.0, speed_mps=0.1,
+        epoch = "".join(epoch_sentences(box.next_epoch_s(), lat=north[0], lon=north[1], alt_m=5.0, speed_mps=0.1,
                                         course_deg=90.0)).encode()
         for start in range(0, len(epoch), 24):
             box.pty.write(epoch[start:start + 24])
             time.sleep(0.02)  # the line's pace, not a synchronisation
-        box.epoch_s += 1
     values = box.wait_reading(lambda r: r["lat"] is not None and abs(r["lat"] - north[0]) < 1e-6, "the new fix")
     assert abs(values["lon"] - north[1]) < 1e-6 and values["fix"] == "3d"
     assert box.driver.stats["malformed"] + box.driver.stats["bad_checksum"] == damaged_before
