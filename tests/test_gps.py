@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from drivers.base import DriverContext
 from drivers.gps.driver import GpsConfig, GpsDriver
 from drivers.gps.nmea import distance_m
 from drivers.gps.serial_source import probe_port
-from drivers.gps.sim import HOME, epoch_sentences
+from drivers.gps.sim import HOME, epoch_sentences, sentence
 from tests.support import wait_until
 
 GPS_NOW = 1_764_150_000.0  # 2025-11-26T09:40:00Z: what the receiver says it is
@@ -348,3 +349,39 @@ def test_probe_port_says_when_the_agent_holds_the_port(gps):
     box.wait_event("gps_connected", feed=FIX)
     ok, message = probe_port(str(box.pty.path), 9600, 0.4)
     assert not ok and message == f"{box.pty.path} is busy: another program (the running agent?) has it open"
+
+
+# -- integrity through the driver ----------------------------------------------------------------------
+def test_a_spoofed_jump_raises_gnss_interference_never_container_moved(gps):
+    clock = Clock(kernel_synced=lambda: False)
+    box = gps(clock=clock, home_lat=HOME[0], home_lon=HOME[1], geofence_radius_m=200.0, geofence_dwell_s=0.0,
+              publish_interval_s=1.0).start()
+    box.wait_reading(lambda r: r["fix"] == "3d" and r["gnss_integrity"] == "ok", feed=FIX)
+    wait_until(lambda: box.send() or clock.source() == "gps", 10, "GPS time from trusted fixes")
+    spoofed = (HOME[0], HOME[1] + 0.58)  # 40 km east, in one second
+    box.wait_event("alarm_raised", feed={"lat": spoofed[0], "lon": spoofed[1]})
+    raised = next(e for e in box.events if e.kind == "alarm_raised")
+    assert raised.details["alarm"] == "gnss_interference" and raised.severity == "warning"
+    assert raised.details["reason"] == "position_jump"
+    suspect = box.wait_reading(lambda r: "gnss_interference" in r["alarms"] and r["lat"] is not None)
+    assert suspect["gnss_integrity"] == "suspect" and suspect["home_distance_m"] > 39_000
+    anchored = clock.now()
+    box.send(lat=spoofed[0], lon=spoofed[1], seconds=5)
+    box.wait_event("alarm_cleared", feed=FIX)  # the spoofer stopped: back at the trusted position
+    alarms = [e.details["alarm"] for e in box.events if e.kind in ("alarm_raised", "alarm_cleared")]
+    assert alarms == ["gnss_interference", "gnss_interference"], "never container_moved"
+    assert box.wait_reading(lambda r: r["alarms"] == [])["gnss_integrity"] == "ok"
+    assert clock.now() >= anchored
+
+
+def test_a_single_rmc_dated_2079_never_moves_the_clock(gps):
+    clock = Clock(kernel_synced=lambda: False)
+    box = gps(clock=clock).start()
+    wait_until(lambda: box.send() or clock.source() == "gps", 10, "clock source gps")
+    box.send(seconds=3)
+    moment = datetime.fromtimestamp(box.next_epoch_s(), tz=UTC)
+    box.pty.write(sentence(f"GPRMC,{moment:%H%M%S}.00,A,5205.44,N,00507.28,E,0.0,0.0,{moment:%d%m}79,,,A"))
+    wait_until(lambda: (box.driver.fix.time or "").startswith("2079"), 10, "the forged RMC decoded")
+    assert abs(clock.now() - box.epoch_s) < 5.0, "ts must not move to 2079"
+    box.send(seconds=2)
+    assert abs(clock.now() - box.epoch_s) < 5.0
