@@ -37,6 +37,7 @@ from agent.clock import Clock
 from agent.config import Config, MqttSettings
 from agent.errors import ConfigError
 from agent.homeassistant import discovery_messages
+from agent.tlssession import client_context
 
 log = logging.getLogger("boxtel.mqtt")
 
@@ -68,7 +69,7 @@ class Delivered:
 def tls_context(settings: MqttSettings, *, file: str) -> ssl.SSLContext:
     """Build the TLS context, naming the key that holds a bad CA, certificate or key file."""
     try:
-        context = ssl.create_default_context(cafile=settings.ca_file or None)
+        context = client_context(settings.ca_file or None)
     except (ssl.SSLError, OSError) as err:
         raise ConfigError(f"cannot load CA file {settings.ca_file}: {err}", file=file, key="mqtt.ca_file") from None
     if settings.cert_file:
@@ -330,6 +331,8 @@ class Publisher:
             self._record_error(f"broker refused the connection: {reason_code}")
             self.connect_failures += 1
             return
+        if self._tls is not None:
+            self._tls.remember(client.socket())  # the next reconnect resumes this TLS session
         # The birth is queued before `connected` lets the core publish: nothing of a session may reach
         # the broker ahead of its birth.
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
