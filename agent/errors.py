@@ -4,12 +4,30 @@ Every user-facing failure is one of these exceptions; the CLI turns it into a si
 and the matching exit code, never a traceback.
 """
 
+import unicodedata
+
 EX_OK = 0
 EX_USAGE = 64  # bad command line
 EX_DATAERR = 65  # bad input data (e.g. a capture with no NMEA)
 EX_UNAVAILABLE = 69  # a service we need is not there (no agent running, broker unreachable)
 EX_SOFTWARE = 70  # internal error: a bug, reported with a traceback in the log
 EX_CONFIG = 78  # configuration error
+
+# Control characters (C0, DEL, C1), line/paragraph separators, lone surrogates: in a topic, client id,
+# payload or log line they forge lines and confuse terminals and tools.
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Zl", "Zp", "Cs"))
+
+
+def unsafe_char(char: str) -> bool:
+    return unicodedata.category(char) in _UNSAFE_CATEGORIES
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters and line breaks escaped (\\n, \\x1b, \\u2028): one error is one line,
+    and a value from a hostile file cannot forge a log or terminal line."""
+    if text.isprintable():
+        return text
+    return "".join(char.encode("unicode_escape").decode("ascii") if unsafe_char(char) else char for char in text)
 
 
 class BoxtelError(Exception):
@@ -31,7 +49,7 @@ class ConfigError(BoxtelError):
 
     def __str__(self) -> str:
         parts = [p for p in (self.file, self.key) if p]
-        return ": ".join([*parts, self.detail])
+        return one_line(": ".join([*parts, self.detail]))
 
 
 class DataError(BoxtelError):
