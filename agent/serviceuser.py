@@ -25,10 +25,11 @@ class Account:
     uid: int
 
 
-def unit_user(unit_files: tuple[str, ...] = UNIT_FILES) -> str | None:
-    """`User=` of the first unit file that exists, its drop-ins (`<unit>.d/*.conf`, in name order)
-    applied; "root" when it sets none (systemd's default); None when no unit is installed."""
-    for unit in map(Path, unit_files):
+def unit_user(unit_files: tuple[str, ...] | None = None) -> str | None:
+    """`User=` of the first unit file that exists (default: `UNIT_FILES`), its drop-ins
+    (`<unit>.d/*.conf`, in name order) applied; "root" when it sets none (systemd's default); None when
+    no unit is installed."""
+    for unit in map(Path, unit_files or UNIT_FILES):
         if not unit.is_file():
             continue
         user = "root"

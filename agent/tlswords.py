@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ssl
 
-NOT_TLS = "the broker's port does not speak TLS? (it hung up on the TLS handshake: is mqtt.port its TLS port, usually 8883?)"
+NOT_TLS = "the broker's port does not speak TLS? (it hung up on the TLS handshake; the TLS port is usually 8883)"
 
 # OpenSSL reasons that mean the other end answered, but not in TLS (or hung up mid-handshake).
 _NOT_TLS_REASONS = frozenset((

@@ -333,8 +333,11 @@ def check_tls(ctx: Context) -> list[Result]:
     except ssl.SSLCertVerificationError as err:
         return [_verification_failure(err, host, ca)]
     except (ssl.SSLError, OSError) as err:
-        return [Result(FAIL, "tls", f"handshake with {host}:{port} failed: {_why(err, tls=True)}",
-                       "is this the broker's TLS port (8883)? does it want a client certificate?")]
+        from agent.tlswords import handshake_hung_up
+
+        fix = ("set mqtt.port to the broker's TLS listener (ask its admin which port that is)" if handshake_hung_up(err)
+               else "is this the broker's TLS port (8883)? does it want a client certificate?")
+        return [Result(FAIL, "tls", f"handshake with {host}:{port} failed: {_why(err, tls=True)}", fix)]
     ctx.tls_ok = True
     if mqtt.tls_insecure:
         return [Result(WARN, "tls", f"{version} with certificate verification OFF (mqtt.tls_insecure)",
