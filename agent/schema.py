@@ -152,9 +152,16 @@ def _scalar(hint: Any, value: Any, meta: dict, key: str, base_dir: Path, file: s
     return value
 
 
+MAX_TEXT = 256  # a name, host, site or topic level; it rides in payloads billed per MB
+MAX_PATH = 4096  # PATH_MAX
+
+
 def _check_text(value: str, key: str, file: str, *, path: bool) -> None:
     """Refuse control characters in every string: they become topics, client ids, payloads and log lines.
     A path only refuses U+0000 (no file name can hold it; open() would raise)."""
+    longest = MAX_PATH if path else MAX_TEXT
+    if len(value) > longest:
+        raise ConfigError(f"{len(value)} characters long: at most {longest}", file=file, key=key)
     for index, char in enumerate(value):
         if char == "\0" or (not path and unsafe_char(char)):
             raise ConfigError(
@@ -196,7 +203,7 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return f'"{value}"'
+        return f'"{value}"' if len(value) <= 64 else f'"{value[:60]}..."'
     if isinstance(value, float) and math.isinf(value):
         return "inf" if value > 0 else "-inf"
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
