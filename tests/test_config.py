@@ -391,14 +391,18 @@ def _unwrap(hint: Any) -> Any:
     return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
 
 
-def _float_keys(cls: type, table: Any, where: tuple) -> list[tuple]:
-    """Key paths (as tuples of keys and list indexes) of every float setting reachable in `table`."""
+def _float_keys(cls: type, table: Any, where: tuple) -> list[tuple[tuple, bool]]:
+    """(key path as a tuple of keys and list indexes, inf_ok) of every float setting reachable in
+    `table`, the fields of a float table (a deadband) included."""
     found = []
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         hint, path = _unwrap(hints[field.name]), (*where, field.name)
+        inf_ok = bool(field.metadata.get("inf_ok"))
         if hint is float:
-            found.append(path)
+            found.append((path, inf_ok))
+        elif typing.get_origin(hint) is dict and typing.get_args(hint)[1] is float:
+            found += [((*path, name), inf_ok) for name in field.metadata.get("keys") or ()]
         elif dataclasses.is_dataclass(hint):
             assert field.name in table, f"add {'.'.join(map(str, path))} to MINIMAL so its float keys are tried"
             found += _float_keys(hint, table[field.name], path)
@@ -409,7 +413,7 @@ def _float_keys(cls: type, table: Any, where: tuple) -> list[tuple]:
     return found
 
 
-def _all_float_keys() -> list[tuple]:
+def _all_float_keys() -> list[tuple[tuple, bool]]:
     keys = []
     for section, cls in _schemas().items():
         table = MINIMAL.get(section, {})
@@ -426,15 +430,21 @@ def _key_text(path: tuple) -> str:
 
 
 def test_every_section_has_its_float_keys_walked():
-    sections = {path[0] for path in FLOAT_KEYS}
-    assert {"outbox", "mqtt", "host", "gps", "generator", "water", "locker"} <= sections
-    assert ("locker", 0, "door", "debounce_ms") in FLOAT_KEYS
-    assert ("generator", "faults", "low_oil", "debounce_ms") in FLOAT_KEYS
+    paths = dict(FLOAT_KEYS)
+    assert {"outbox", "mqtt", "host", "gps", "generator", "water", "locker"} <= {path[0] for path in paths}
+    assert paths[("locker", 0, "door", "debounce_ms")] is False
+    assert paths[("generator", "faults", "low_oil", "debounce_ms")] is False
+    assert paths[("host", "deadband", "uptime_s")] is True  # inf: "never a reason to send on its own"
+
+
+def _refused(inf_ok: bool) -> st.SearchStrategy:
+    return st.sampled_from([math.nan, -math.inf] if inf_ok else [math.nan, math.inf, -math.inf])
 
 
 @settings(max_examples=150, deadline=None)
-@given(path=st.sampled_from(FLOAT_KEYS), value=st.sampled_from([math.nan, math.inf, -math.inf]))
-def test_any_float_key_set_to_nan_or_inf_is_refused_naming_it(path, value):
+@given(case=st.sampled_from(FLOAT_KEYS).flatmap(lambda key: st.tuples(st.just(key[0]), _refused(key[1]))))
+def test_any_float_key_set_to_nan_or_inf_is_refused_naming_it(case):
+    path, value = case
     data = copy.deepcopy({"box": MINIMAL["box"], path[0]: MINIMAL.get(path[0], {})})
     table = data
     for key in path[:-1]:
