@@ -60,8 +60,9 @@ class MqttSettings:
     def validate(self) -> None:
         if not self.host.strip():
             raise SettingError("host", "must not be empty (leave it out for localhost)")
-        if any(c.isspace() for c in self.host):
-            raise SettingError("host", f'"{self.host}" is not a host name or address (it holds whitespace)')
+        if any(c.isspace() or c == "/" for c in self.host):
+            raise SettingError("host", f'"{self.host}" is not a host name or address: give the name alone, e.g. '
+                               'broker.example.org (port and tls are keys of their own)')
         if not self.topic_prefix or any(c in self.topic_prefix for c in "+#") or \
                 self.topic_prefix.startswith("/") or self.topic_prefix.endswith("/"):
             raise SettingError("topic_prefix", "must be a topic without wildcards or leading/trailing '/'")

@@ -304,3 +304,11 @@ def test_tls_against_a_plain_mqtt_port_says_so(broker, make_config, certs, capsy
         "(ask its admin which port that is)"]
     assert "Connection reset by peer" not in "\n".join(sum(checks.values(), []))
     assert code == 2
+
+
+def test_a_certificate_name_cannot_forge_a_doctor_line(make_broker, make_config, certs, tmp_path, capsys):
+    broker = tls_broker(make_broker, certs)
+    files = _client_certificate(tmp_path, certs, "forged", "/CN=pib-002\nOK   tls: all fine")
+    code, checks = doctor(make_config(broker, tls_settings(broker, **files)), capsys)  # every line well-formed
+    assert checks["client certificate"][1].startswith(
+        f"FAIL client certificate: {files['cert_file']} is for pib-002\\nOK   tls: all fine (CN), not for this box")

@@ -56,8 +56,10 @@ class Result:
     fix: str = ""
 
     def line(self) -> str:
+        from agent.errors import one_line  # a certificate's name or a device's answer may hold anything
+
         hint = f" — {self.fix}" if self.fix and self.mark != OK else ""
-        return f"{self.mark:<4} {self.check}: {self.detail}{hint}"
+        return one_line(f"{self.mark:<4} {self.check}: {self.detail}{hint}")
 
 
 @dataclass
