@@ -1,7 +1,8 @@
 """Declarative config schema: a config section is a dataclass, each key a `setting()`.
 
 Drivers declare their section next to their code (as mqtt-io does); `build()` validates a parsed TOML
-table against it completely -- unknown keys, wrong types, ranges, choices, required keys -- and raises
+table against it completely -- unknown keys, wrong types, ranges, choices, required keys, numbers
+that are not finite, strings with control characters -- and raises
 `ConfigError` naming the key path, so a user gets one line that says what is wrong and where.
 """
 
