@@ -68,15 +68,17 @@ class Delivered:
 
 def tls_context(settings: MqttSettings, *, file: str) -> ssl.SSLContext:
     """Build the TLS context, naming the key that holds a bad CA, certificate or key file."""
+    pems = [("mqtt.ca_file", settings.ca_file), ("mqtt.cert_file", settings.cert_file),
+            ("mqtt.key_file", settings.key_file if settings.cert_file else "")]
+    for key, path in pems:
+        problem = path and pem_problem(path, private_key=key == "mqtt.key_file")  # before OpenSSL's "PEM lib"
+        if problem:
+            raise ConfigError(problem, file=file, key=key)
     try:
         context = ssl.create_default_context(cafile=settings.ca_file or None)
     except (ssl.SSLError, OSError) as err:
         raise ConfigError(f"cannot load CA file {settings.ca_file}: {err}", file=file, key="mqtt.ca_file") from None
     if settings.cert_file:
-        for key, path in (("mqtt.cert_file", settings.cert_file), ("mqtt.key_file", settings.key_file)):
-            problem = pem_problem(path, private_key=key == "mqtt.key_file")  # before OpenSSL's "PEM lib"
-            if problem:
-                raise ConfigError(problem, file=file, key=key)
         try:
             context.load_cert_chain(settings.cert_file, settings.key_file, password=_no_passphrase)
         except (ssl.SSLError, OSError, ValueError) as err:

@@ -194,6 +194,13 @@ def test_a_key_that_is_not_the_certificates_is_refused_in_words(tmp_path, certs)
     assert_one_line_error(result, path, f"mqtt.key_file: {key} is not the private key of {certs['client_crt']}")
 
 
+def test_a_ca_file_that_is_not_pem_is_refused_in_words(tmp_path, certs):
+    garbage = _secret(tmp_path, "ca.crt", b"\x30\x82\x03\x0b not PEM", 0o644)
+    path, result = check(tmp_path, deep_merge(BASE, {"mqtt": {"tls": True, "ca_file": str(garbage)}}))
+    assert_one_line_error(result, path, f'mqtt.ca_file: {garbage} is not a PEM certificate (no "-----BEGIN '
+                          'CERTIFICATE-----" line)')
+
+
 def test_empty_certificate_file_is_refused(tmp_path, certs):
     empty = _secret(tmp_path, "client.crt", b"", 0o644)
     key = _secret(tmp_path, "client.key", certs["client_key"].read_bytes())
