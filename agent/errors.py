@@ -4,8 +4,6 @@ Every user-facing failure is one of these exceptions; the CLI turns it into a si
 and the matching exit code, never a traceback.
 """
 
-import unicodedata
-
 EX_OK = 0
 EX_USAGE = 64  # bad command line
 EX_DATAERR = 65  # bad input data (e.g. a capture with no NMEA)
@@ -13,13 +11,12 @@ EX_UNAVAILABLE = 69  # a service we need is not there (no agent running, broker 
 EX_SOFTWARE = 70  # internal error: a bug, reported with a traceback in the log
 EX_CONFIG = 78  # configuration error
 
-# Control characters (C0, DEL, C1), line/paragraph separators, lone surrogates: in a topic, client id,
-# payload or log line they forge lines and confuse terminals and tools.
-_UNSAFE_CATEGORIES = frozenset(("Cc", "Zl", "Zp", "Cs"))
-
-
 def unsafe_char(char: str) -> bool:
-    return unicodedata.category(char) in _UNSAFE_CATEGORIES
+    """Unicode's control characters (category Cc: C0, DEL, C1), line and paragraph separators (Zl, Zp)
+    and lone surrogates (Cs): in a topic, client id, payload or log line they forge lines and confuse
+    terminals and tools. Spelled out, so the daemon need not load unicodedata."""
+    code = ord(char)
+    return code < 0x20 or 0x7F <= code <= 0x9F or code in (0x2028, 0x2029) or 0xD800 <= code <= 0xDFFF
 
 
 def one_line(text: str) -> str:

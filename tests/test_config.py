@@ -501,3 +501,14 @@ def test_every_number_setting_has_an_upper_bound():
             if meta.get("max") is None and not (inner is float and meta.get("inf_ok")):
                 unbounded.append(f"{owner.__name__}.{field.name}")
     assert not unbounded, f"no max= for: {unbounded}"
+
+
+def test_unsafe_characters_are_exactly_unicodes_controls_separators_and_surrogates():
+    import sys
+    import unicodedata
+
+    from agent.errors import unsafe_char
+
+    wrong = [hex(c) for c in range(sys.maxunicode + 1)
+             if unsafe_char(chr(c)) != (unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp", "Cs"))]
+    assert not wrong
