@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from agent import __version__
+from agent import __version__, statelock
 from agent.bus import Bus, Event, Reading
 from agent.clock import Clock
 from agent.config import Config
@@ -68,6 +68,19 @@ class Agent:
         self.bus = Bus()
         self.started_mono = time.monotonic()
         self.base_topic = f"{config.mqtt.topic_prefix}/{config.box.id}"
+        # First of all: a second agent on this state dir stops here, before it touches the outbox.
+        try:
+            self.state_lock = statelock.acquire(config.state_dir)
+        except OSError as err:
+            raise ConfigError(f"cannot lock the state dir {config.state_dir}: {err.strerror or err}",
+                              file=config.file, key="box.state_dir") from None
+        try:
+            self._build(config)
+        except BaseException:
+            self.state_lock.release()
+            raise
+
+    def _build(self, config: Config) -> None:
         try:
             self.outbox = Outbox(config.state_dir / "outbox.db", max_bytes=int(config.outbox.max_mb * 2**20))
         except OutboxError as err:
@@ -173,13 +186,14 @@ class Agent:
         self._drain_bus()
         self.outbox.close()
         self.notifier.close()
+        self.state_lock.release()
         log.info("stopped")
 
     def _start_systemd_notify(self) -> None:
         """READY=1 once drivers and outbox are up; the watchdog when the unit sets WatchdogSec."""
         interval = watchdog_interval_s()
         if interval is not None and self.notifier.enabled:
-            checks = [self.publisher.alive, *(driver.alive for driver in self.drivers)]
+            checks = [self.publisher.alive, self.control.alive, *(driver.alive for driver in self.drivers)]
             self.watchdog = Watchdog(self.notifier, interval, request_tick=lambda: self.bus.put(_TICK), checks=checks)
             self.watchdog.start()
         self.notifier.send("READY=1", f"STATUS={self.status_line()}")

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from agent import control
 
-    snapshot = control.request(control.socket_path(args.config), "status")["status"]
+    snapshot = control.request(control.socket_path(args.config), "status",
+                               state_dir=control.state_dir_path(args.config))["status"]
     marks = assess(snapshot)
     if args.json:
         print(json.dumps({**snapshot, "checks": [asdict(m) for m in marks]}, indent=2, default=str))
