@@ -101,18 +101,85 @@ def test_backoff_has_jitter_and_cap():
     assert backoff.next_delay() <= 1.0
 
 
-def test_stale_will_is_answered_with_a_fresh_birth(broker, make_config, subscribe, run_agent):
+@pytest.mark.parametrize("displacing", [
+    lambda birth: json.dumps({"state": "offline", "session": birth["session"] - 1, "reason": "connection lost"}),
+    # A forged will with the live session number: still not our birth.
+    lambda birth: json.dumps({"state": "offline", "session": birth["session"], "reason": "connection lost"}),
+    lambda birth: "[" * 1500 + "]" * 1500,
+], ids=["stale-will", "forged-will-with-the-live-session", "nested-junk"])
+def test_a_status_other_than_our_birth_is_answered_with_a_fresh_birth(
+    broker, make_config, subscribe, run_agent, displacing
+):
     sub = subscribe(STATUS)
-    run_agent(make_config(broker))
+    agent = run_agent(make_config(broker))
     birth = sub.wait_for(STATUS, online).json
     # A will from an earlier session reaches the broker late and overwrites the retained status.
-    stale = json.dumps({"state": "offline", "session": birth["session"] - 1, "reason": "connection lost"})
-    sub.client.publish(STATUS, stale, qos=1, retain=True)
     count = len(sub.on(STATUS))
+    sub.client.publish(STATUS, displacing(birth), qos=1, retain=True)
     again = sub.wait_for(STATUS, online, after=count).json
     assert again["session"] == birth["session"]
     late = subscribe(STATUS)
     assert online(late.wait_for(STATUS).json)
+    assert "Traceback" not in agent.log()
+
+
+def _own_births(sub: Subscriber, birth: dict) -> list:
+    def own(message) -> bool:
+        try:
+            payload = message.json
+        except (ValueError, RecursionError):
+            return False
+        return (isinstance(payload, dict) and payload.get("state") == "online"
+                and payload.get("session") == birth["session"] and payload.get("boot_id") == birth["boot_id"])
+
+    return [m for m in sub.on(STATUS) if own(m)]
+
+
+def test_5000_forged_statuses_cost_a_birth_per_5_s_and_the_birth_stays(broker, make_config, subscribe, run_agent):
+    from agent import control
+
+    config = make_config(broker)
+    sub = subscribe(STATUS)
+    agent = run_agent(config)
+    birth = sub.wait_for(STATUS, online).json
+    forgeries = [
+        # A newline in a value (first, so that the first warning names it): raw, it would forge a log line.
+        json.dumps({"state": "offline", "session": "7\nboxtel.core: FORGED all lockers closed"}),
+        json.dumps({"state": "offline", "session": birth["session"], "reason": "connection lost"}),
+        json.dumps({"state": "offline", "session": birth["session"] - 3}),
+        "[" * 1500 + "]" * 1500,
+        json.dumps({"state": "offline", "session": 1, "pad": "x" * 5000}),
+        json.dumps(["offline"]),
+        "\xff\xfe",
+    ]
+    total = 5000
+    started = time.monotonic()
+    infos = [sub.client.publish(STATUS, forgeries[n % len(forgeries)], qos=1, retain=True) for n in range(total)]
+    for info in infos[-10:]:
+        info.wait_for_publish(30)
+    # Every forgery is counted; the burst ends with our birth retained again.
+    path = control.socket_path(str(config))
+    wait_until(lambda: control.request(path, "status")["status"]["foreign_statuses"] == total, timeout=60,
+               what="the agent to see every forgery")
+    # A republish may be due up to 5 s after the burst: then the last word on the topic is our birth.
+    wait_until(lambda: sub.on(STATUS)[-1] in _own_births(sub, birth), timeout=30, what="our birth, last")
+    late = Subscriber(broker.port, STATUS)
+    try:
+        retained = late.wait_for(STATUS).json
+        assert online(retained) and retained["session"] == birth["session"], retained
+    finally:
+        late.close()
+    elapsed = time.monotonic() - started
+    republished = len(_own_births(sub, birth)) - 1
+    assert 1 <= republished <= elapsed / 5 + 2, (republished, elapsed)
+    snapshot = control.request(path, "status")["status"]
+    assert snapshot["births_republished"] == republished
+    log = agent.log()
+    assert "Traceback" not in log
+    assert not [line for line in log.splitlines() if line.startswith("boxtel.core: FORGED")]
+    assert "session 7\\x0aboxtel.core: FORGED all lockers closed" in log
+    warnings = [line for line in log.splitlines() if f"on {STATUS}" in line]
+    assert 1 <= len(warnings) <= elapsed / 60 + 2, warnings
 
 
 def test_publish_refused_by_acl_is_a_health_error_not_a_success(make_broker, make_config, subscribe, run_agent):
