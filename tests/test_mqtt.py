@@ -10,7 +10,7 @@ import time
 import pytest
 
 from agent.publisher import Backoff
-from tests.support import Subscriber, wait_until
+from tests.support import Subscriber, boxtel, wait_until
 
 STATUS = "boxtel/test-001/status"
 HEALTH = "boxtel/test-001/health"
@@ -201,6 +201,75 @@ def test_publish_refused_by_acl_is_a_health_error_not_a_success(make_broker, mak
     assert health["outbox_depth"] >= 1  # refused means kept, not deleted
     assert sub.on("boxtel/test-001/history/#") == []
     assert "Not authorized" in agent.log()
+
+
+NO_HISTORY_ACL = "\n".join([
+    "user test-001",
+    "topic readwrite boxtel/test-001/status",
+    "topic readwrite boxtel/test-001/health",
+    "topic readwrite boxtel/test-001/events",
+    "pattern read #",
+    "",
+])
+OPEN_ACL = "user test-001\ntopic readwrite boxtel/test-001/#\npattern read #\n"
+
+
+def test_refused_publishes_go_again_at_once_on_a_new_connection_and_the_warn_clears(
+    make_broker, make_config, run_agent
+):
+    broker = make_broker(acl=NO_HISTORY_ACL)
+    config = make_config(broker, FAST_HEALTH)
+    agent = run_agent(config)
+    refused = wait_until(lambda: re.search(r"broker refused seq (\d+).*retry in 30 s", agent.log()),
+                         what="a refused history message")
+    status = boxtel("status", "-c", str(config))
+    assert "WARN  mqtt" in status.stdout and "the broker refused 1 publishes" in status.stdout, status.stdout
+    # The broker's ACL is fixed and it restarts: the refused message need not wait out its 30 s.
+    broker.acl = OPEN_ACL
+    broker.restart()
+    sub = Subscriber(broker.port, "boxtel/test-001/history/#")
+    try:
+        # Within 10 s of the broker's return (the old timer ran 30 s from the refusal, ~28 s from here).
+        sub.wait_for("boxtel/test-001/history/#", lambda p: p["seq"] == int(refused.group(1)), timeout=10)
+    finally:
+        sub.close()
+    wait_until(lambda: "refused" not in boxtel("status", "-c", str(config)).stdout, what="the WARN to clear")
+
+
+def test_a_refused_message_accepted_again_brings_every_other_refused_one_with_it(
+    make_broker, make_config, monkeypatch
+):
+    """The ACL is fixed on a live broker (SIGHUP, no reconnect): the first refused message the broker
+    now takes resets the backoff of all others, however long they had to wait."""
+    import signal
+
+    from agent import runtime
+    from tests.diag_support import agent_in_process
+
+    monkeypatch.setattr(runtime, "_REFUSED_RETRY_MIN_S", 0.2)  # 0.2 s doubling: long waits come quickly
+    monkeypatch.setitem(__import__("drivers").REGISTRY, "testpins", "tests.diag_support:PinsDriver")
+    broker = make_broker(acl=NO_HISTORY_ACL.replace("events", "testpins-not"))  # testpins readings refused
+    sub = Subscriber(broker.port, "boxtel/test-001/testpins")
+    try:
+        with agent_in_process(make_config(broker, {"testpins": {"min_interval_s": 0.0}})) as agent:
+            wait_until(lambda: agent.publisher.connected, what="the connection")
+            ctx = agent.drivers[0].ctx
+            ctx.reading({"door": "open"})  # refused again and again: its wait doubles
+            early = wait_until(lambda: [(seq, at) for seq, (at, delay) in dict(agent._refused).items()
+                                        if delay >= 6.4], timeout=20, what="a long wait for the first")
+            seq_early, retry_at = early[0]
+            ctx.reading({"door": "closed"})  # refused once: a short wait
+            wait_until(lambda: len(agent._refused) == 2, what="the second refusal")
+            broker.acl = OPEN_ACL
+            (broker.workdir / "acl").write_text(OPEN_ACL)
+            broker.process.send_signal(signal.SIGHUP)
+            late = sub.wait_for("boxtel/test-001/testpins", lambda p: p["door"] == "closed", timeout=10)
+            first = sub.wait_for("boxtel/test-001/testpins", lambda p: p["seq"] == seq_early, timeout=10)
+            assert first.received_mono < retry_at - 1.0, (first.received_mono, retry_at)
+            assert abs(first.received_mono - late.received_mono) < 2.0
+            wait_until(lambda: not agent._refused, what="nothing refused any more")
+    finally:
+        sub.close()
 
 
 def test_mqtt_311_warns_that_refusals_are_invisible(broker, make_config, subscribe, run_agent):

@@ -85,9 +85,9 @@ def _mqtt(snap: dict[str, Any]) -> list[Mark]:
     else:
         why = snap.get("mqtt_last_error") or "no connection yet"
         marks = [Mark("mqtt", FAIL, f"not connected to {broker}: {why}")]
-    if snap.get("publish_errors"):
-        marks.append(Mark("mqtt", WARN, f"the broker refused {snap['publish_errors']} publishes "
-                          f"(ACL?): {snap.get('last_publish_error')}"))
+    if snap.get("refused_pending"):  # cleared once they are delivered (publish_errors only grows)
+        marks.append(Mark("mqtt", WARN, f"the broker refused {snap['refused_pending']} publishes, kept and "
+                          f"retried (ACL?): {snap.get('last_publish_error')}"))
     return marks
 
 
