@@ -72,8 +72,10 @@ class Agent:
         try:
             self.state_lock = statelock.acquire(config.state_dir)
         except OSError as err:
-            raise ConfigError(f"cannot lock the state dir {config.state_dir}: {err.strerror or err}",
-                              file=config.file, key="box.state_dir") from None
+            # A read-only or failing state dir: the outbox runs in memory and says so; telemetry goes on.
+            log.warning("cannot lock the state dir %s (%s): a second agent on it would not be stopped",
+                        config.state_dir, err.strerror or err)
+            self.state_lock = statelock.StateLock(-1, config.state_dir / statelock.LOCK_FILE)
         try:
             self._build(config)
         except BaseException:

@@ -38,10 +38,15 @@ class StateLock:
 
 def acquire(state_dir: Path) -> StateLock:
     """Take the state dir for this process, or raise TempFailError (exit 75) naming who holds it.
-    OSError when the lock file cannot be made at all (the caller names box.state_dir)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    OSError when there is no lock file and none can be made (a read-only state dir)."""
     path = state_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        writable = True
+    except OSError:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # an flock needs no write access; the pid does
+        writable = False
     deadline = time.monotonic() + _START_PATIENCE_S
     while True:
         try:
@@ -60,8 +65,10 @@ def acquire(state_dir: Path) -> StateLock:
         except OSError:
             os.close(fd)
             raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    if writable:
+        with contextlib.suppress(OSError):  # a full disk: the lock holds, only the pid is not named
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return StateLock(fd, path)
 
 
