@@ -182,18 +182,20 @@ def test_5000_forged_statuses_cost_a_birth_per_5_s_and_the_birth_stays(broker, m
     assert 1 <= len(warnings) <= elapsed / 60 + 2, warnings
 
 
+def acl_allowing(*levels: str) -> str:
+    """A mosquitto ACL: test-001 may write these topic levels below boxtel/test-001/, everyone reads."""
+    return "\n".join(["user test-001", *(f"topic readwrite boxtel/test-001/{level}" for level in levels),
+                      "pattern read #", ""])
+
+
+NO_HISTORY_ACL = acl_allowing("status", "health", "events")
+OPEN_ACL = acl_allowing("#")
+
+
 def test_publish_refused_by_acl_is_a_health_error_not_a_success(make_broker, make_config, subscribe, run_agent):
     # The box may write its status, health and events, but not history: the first health reading
     # (taken before the connection is up) is history and will be refused.
-    acl = "\n".join([
-        "user test-001",
-        "topic readwrite boxtel/test-001/status",
-        "topic readwrite boxtel/test-001/health",
-        "topic readwrite boxtel/test-001/events",
-        "pattern read #",
-        "",
-    ])
-    broker = make_broker(acl=acl)
+    broker = make_broker(acl=NO_HISTORY_ACL)
     sub = subscribe(target=broker)
     agent = run_agent(make_config(broker, FAST_HEALTH))
     health = sub.wait_for(HEALTH, lambda p: p["publish_errors"] >= 1).json
@@ -201,17 +203,6 @@ def test_publish_refused_by_acl_is_a_health_error_not_a_success(make_broker, mak
     assert health["outbox_depth"] >= 1  # refused means kept, not deleted
     assert sub.on("boxtel/test-001/history/#") == []
     assert "Not authorized" in agent.log()
-
-
-NO_HISTORY_ACL = "\n".join([
-    "user test-001",
-    "topic readwrite boxtel/test-001/status",
-    "topic readwrite boxtel/test-001/health",
-    "topic readwrite boxtel/test-001/events",
-    "pattern read #",
-    "",
-])
-OPEN_ACL = "user test-001\ntopic readwrite boxtel/test-001/#\npattern read #\n"
 
 
 def test_refused_publishes_go_again_at_once_on_a_new_connection_and_the_warn_clears(
@@ -248,7 +239,7 @@ def test_a_refused_message_accepted_again_brings_every_other_refused_one_with_it
 
     monkeypatch.setattr(runtime, "_REFUSED_RETRY_MIN_S", 0.2)  # 0.2 s doubling: long waits come quickly
     monkeypatch.setitem(__import__("drivers").REGISTRY, "testpins", "tests.diag_support:PinsDriver")
-    broker = make_broker(acl=NO_HISTORY_ACL.replace("events", "testpins-not"))  # testpins readings refused
+    broker = make_broker(acl=acl_allowing("status", "health"))  # testpins readings refused
     sub = Subscriber(broker.port, "boxtel/test-001/testpins")
     try:
         with agent_in_process(make_config(broker, {"testpins": {"min_interval_s": 0.0}})) as agent:
@@ -260,14 +251,14 @@ def test_a_refused_message_accepted_again_brings_every_other_refused_one_with_it
             seq_early, retry_at = early[0]
             ctx.reading({"door": "closed"})  # refused once: a short wait
             wait_until(lambda: len(agent._refused) == 2, what="the second refusal")
-            broker.acl = OPEN_ACL
             (broker.workdir / "acl").write_text(OPEN_ACL)
-            broker.process.send_signal(signal.SIGHUP)
+            broker.process.send_signal(signal.SIGHUP)  # mosquitto reloads its ACL, keeping connections
             late = sub.wait_for("boxtel/test-001/testpins", lambda p: p["door"] == "closed", timeout=10)
             first = sub.wait_for("boxtel/test-001/testpins", lambda p: p["seq"] == seq_early, timeout=10)
             assert first.received_mono < retry_at - 1.0, (first.received_mono, retry_at)
             assert abs(first.received_mono - late.received_mono) < 2.0
             wait_until(lambda: not agent._refused, what="nothing refused any more")
+            assert agent.publisher.reconnects == 0  # the same connection: it was the acceptance that reset
     finally:
         sub.close()
 
