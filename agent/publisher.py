@@ -125,13 +125,17 @@ class StatusGuard:
         else:
             self._unwarned += 1
 
-    def republish_due(self, now: float) -> bool:
-        """True when the birth should go out now (the caller publishes it)."""
+    def republish_due(self, now: float, *, live: bool = True) -> bool:
+        """True when the birth should go out now (the caller publishes it). Not `live` (stopping, the
+        connection ending): nothing is due, and nothing stays pending to wake the caller for."""
         if self._unwarned and now >= self._warn_at:
             log.warning("%d more stale or foreign statuses on %s in the last minute; births republished so "
                         "far: %d (at most one per %.0f s)", self._unwarned, self.topic, self.births_republished,
                         _BIRTH_REPUBLISH_S)
             self._warn_at, self._unwarned = now + _STATUS_WARN_S, 0
+        if not live:
+            self._displaced = None
+            return False
         if self._displaced is None or now < self._republish_at:
             return False
         self._displaced = None
@@ -349,12 +353,11 @@ class Publisher:
 
     def _check_status(self, client: mqtt.Client, status: StatusSeen | None) -> None:
         """Something other than our birth is on our status topic: publish the birth again (rate limited)."""
-        if self._stopping.is_set() or not self.connected:
-            return  # our own clean "offline", or a connection already ending
         now = time.monotonic()
-        if status is not None:
+        live = self.connected and not self._stopping.is_set()  # else: our own clean "offline", or the end
+        if status is not None and live:
             self.statuses.seen(status, self._status_fields("online"), now)
-        if self.statuses.republish_due(now):
+        if self.statuses.republish_due(now, live=live):
             client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
 
     def _sleep(self, delay: float) -> None:

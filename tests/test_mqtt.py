@@ -182,6 +182,31 @@ def test_5000_forged_statuses_cost_a_birth_per_5_s_and_the_birth_stays(broker, m
     assert 1 <= len(warnings) <= elapsed / 60 + 2, warnings
 
 
+def test_status_guard_answers_a_burst_with_one_birth_per_5_s_and_one_warning_per_minute(caplog):
+    from agent.publisher import StatusGuard, StatusSeen
+
+    guard = StatusGuard(STATUS)
+    own = {"state": "online", "version": "1", "site": "", "boot_id": "b", "session": 4}
+    forged = StatusSeen.read(json.dumps({"state": "offline", "session": 4}).encode())
+    births = []
+    with caplog.at_level("WARNING", logger="boxtel.mqtt"):
+        for n in range(5000):  # 5000 forgeries over 50 s, each followed by the supervisor's check
+            now = n / 100
+            guard.seen(forged, own, now)
+            if guard.republish_due(now):
+                births.append(now)
+        assert births == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0]
+        assert guard.wait_s(49.99) == pytest.approx(0.01)  # the last forgery is answered too...
+        assert guard.republish_due(50.0)
+        guard.seen(StatusSeen.read(json.dumps({**own, "ts": "x"}).encode()), own, 50.1)  # ...and its echo
+        assert guard.wait_s(50.1) == pytest.approx(9.9)  # only the minute's summary is left to say
+        assert not guard.republish_due(60.0)
+    assert guard.foreign == 5000 and guard.births_republished == 11
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "4999 more stale or foreign statuses" in lines[1] and "births republished so far: 11" in lines[1]
+
+
 def acl_allowing(*levels: str) -> str:
     """A mosquitto ACL: test-001 may write these topic levels below boxtel/test-001/, everyone reads."""
     return "\n".join(["user test-001", *(f"topic readwrite boxtel/test-001/{level}" for level in levels),
