@@ -135,11 +135,14 @@ def _own_births(sub: Subscriber, birth: dict) -> list:
     return [m for m in sub.on(STATUS) if own(m)]
 
 
-def test_5000_forged_statuses_cost_a_birth_per_5_s_and_the_birth_stays(broker, make_config, subscribe, run_agent):
+def test_5000_forged_statuses_cost_a_birth_per_5_s_and_the_birth_stays(make_broker, make_config, subscribe, run_agent):
     from agent import control
 
+    # mosquitto queues at most 1000 messages per client by default and drops the rest: every forgery
+    # should reach the agent here (the worst case for it), on a busy machine too.
+    broker = make_broker(extra=["max_queued_messages 20000"])
     config = make_config(broker)
-    sub = subscribe(STATUS)
+    sub = subscribe(STATUS, target=broker)
     agent = run_agent(config)
     birth = sub.wait_for(STATUS, online).json
     forgeries = [
@@ -264,7 +267,7 @@ def test_a_refused_message_accepted_again_brings_every_other_refused_one_with_it
 
     monkeypatch.setattr(runtime, "_REFUSED_RETRY_MIN_S", 0.2)  # 0.2 s doubling: long waits come quickly
     monkeypatch.setitem(__import__("drivers").REGISTRY, "testpins", "tests.diag_support:PinsDriver")
-    broker = make_broker(acl=acl_allowing("status", "health"))  # testpins readings refused
+    broker = make_broker(acl=acl_allowing("status", "health", "history/#"))  # only testpins is refused
     sub = Subscriber(broker.port, "boxtel/test-001/testpins")
     try:
         with agent_in_process(make_config(broker, {"testpins": {"min_interval_s": 0.0}})) as agent:
