@@ -383,6 +383,9 @@ class ControlServer:
             pass  # a full pipe already means "wake up"
 
     def _close(self, client: _Client) -> None:
+        if client.closed:
+            return  # the guard may close a client its own code already closed
+        client.closed = True
         with self._lock:
             if client in self._watchers:
                 self._watchers.remove(client)
@@ -404,6 +407,7 @@ class _Client:
         self.dropped = 0  # not yet reported to this client
         self.eof = False  # the client has stopped sending
         self.interest = selectors.EVENT_READ
+        self.closed = False
 
     def write(self, message: dict[str, Any]) -> None:
         self.outbuf += _line(message)

@@ -220,3 +220,20 @@ def test_no_request_within_the_cap_can_end_the_control_thread(broker, make_confi
     assert f"OK   agent: running (pid {agent.pid}" in doctor.stdout, doctor
     assert control.request(path, "status")["status"]["control"]["clients"] == 1  # this request alone
     assert "Traceback" not in agent.log() and "control socket thread failed" not in agent.log()
+
+
+def test_a_bug_answering_one_request_is_an_error_line_and_the_thread_serves_on(broker, make_config, monkeypatch):
+    monkeypatch.setitem(__import__("drivers").REGISTRY, "gps", "tests.diag_support:FakeGps")
+    config = make_config(broker, {"gps": {"port": "/dev/null"}})
+    with agent_in_process(config) as agent:
+        path = agent.config.diagnostics.socket
+
+        def broken_status():
+            raise RuntimeError("a bug in the driver's status()")
+
+        agent.drivers[0].status = broken_status
+        with control.connect(path) as sock:
+            answer = ask(sock, {"cmd": "probe", "what": "gps"})
+            assert answer == {"ok": False, "error": "internal error answering probe: RuntimeError (see the agent's log)"}
+            assert ask(sock, {"cmd": "pins"}) == {"ok": True, "pins": []}  # same connection, same thread
+        assert agent.control.alive() is None
