@@ -4,11 +4,18 @@ goes with its holder, SIGKILL included; `boxtel status` tells an agent whose soc
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-from agent import control
+import pytest
+
+from agent import control, statelock
 from tests.diag_support import is_socket
-from tests.support import boxtel, wait_until
+from tests.support import ROOT, boxtel, toml_dumps, wait_until
 
 SIMULATED = {"simulate": True}
 
@@ -58,3 +65,37 @@ def test_status_tells_an_agent_without_its_socket_from_no_agent(broker, make_con
     done = boxtel("status", "-c", str(config))
     assert done.returncode == 69
     assert "no boxtel agent is running" in done.stderr and "nothing holds the state dir" in done.stderr
+
+
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _nobody_can_run_boxtel() -> bool:
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return False
+    probe = subprocess.run([*AS_NOBODY, sys.executable, "-c", "import agent"], cwd=ROOT, capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _nobody_can_run_boxtel(), reason="needs root, setpriv(1) and a checkout nobody may read")
+def test_a_technician_who_may_not_read_the_state_dir_is_told_so_not_that_no_agent_runs():
+    # The unit's state dir is 0700 and the agent's own; a technician in the socket's group is not root.
+    folder = Path(tempfile.mkdtemp(prefix="boxtel-tech-"))
+    try:
+        folder.chmod(0o755)
+        state_dir = folder / "state"
+        held = statelock.acquire(state_dir)  # held by this process, as by an agent
+        state_dir.chmod(0o700)
+        config = folder / "agent.toml"
+        config.write_text(toml_dumps({"box": {"id": "test-001", "state_dir": str(state_dir)},
+                                      "diagnostics": {"socket": str(folder / "control.sock")}}))
+        config.chmod(0o644)
+        done = subprocess.run([*AS_NOBODY, sys.executable, "-m", "agent", "status", "-c", str(config)],
+                              capture_output=True, text=True, timeout=60, cwd=ROOT)
+        held.release()
+        assert done.returncode == 69, done
+        assert "no boxtel agent is running" not in done.stderr
+        assert f"the state dir {state_dir} cannot tell whether an agent runs (Permission denied): try with sudo" \
+            in done.stderr, done.stderr
+    finally:
+        shutil.rmtree(folder)
