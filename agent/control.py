@@ -56,6 +56,13 @@ class AgentNotRunning(UnavailableError):
 class AgentNotAnswering(UnavailableError):
     """An agent holds the state dir, but its control socket does not answer (gone, or its thread died)."""
 
+    REMEDY = ("its socket was removed or its diagnostics failed (the agent's log says why: journalctl -u boxtel "
+              "-e); systemctl restart boxtel brings them back")
+
+    def __init__(self, summary: str):
+        self.summary = summary
+        super().__init__(f"{summary}: {self.REMEDY}")
+
 
 # -- the server (inside the agent) -------------------------------------------------------------------
 class ControlServer:
@@ -532,11 +539,8 @@ def _nobody_answers(path: str, state_dir: str | None) -> UnavailableError:
     if pid is None:
         return AgentNotRunning(f"no boxtel agent is running (nothing answers on {path}, "
                                f"nothing holds the state dir {state_dir})")
-    return AgentNotAnswering(
-        f"the agent ({f'pid {pid}' if pid else 'pid unknown'}) holds the state dir {state_dir} but its control "
-        f"socket {path} does not answer: its diagnostics failed; the agent's log says why "
-        "(journalctl -u boxtel -e); systemctl restart boxtel brings them back"
-    )
+    return AgentNotAnswering(f"the agent ({f'pid {pid}' if pid else 'pid unknown'}) holds the state dir "
+                             f"{state_dir} but its control socket {path} does not answer")
 
 
 def request(path: str, cmd: str, timeout_s: float = 10.0, *, state_dir: str | None = None,
