@@ -36,6 +36,10 @@ def test_a_second_agent_on_the_same_state_dir_refuses_within_a_second(broker, ma
                      "first (systemctl stop boxtel), or give this one its own box.state_dir"]
     # "within a second" of the agent's own start (the interpreter's start-up is not the agent's).
     assert time.monotonic() - started < 10
+    # The same config again (a manual start beside the service): refused the same way, socket untouched.
+    again = run_agent(config, log_path=tmp_path / "again.log")
+    assert again.process.wait(timeout=20) == 75
+    assert again.log().strip().splitlines() == lines
     assert first.alive()
     assert control.request(control.socket_path(str(config)), "status")["status"]["service"]["pid"] == first.pid
 
