@@ -308,7 +308,7 @@ class ControlServer:
         except ControlError as err:
             return {"ok": False, "error": str(err)}
         known = "status, watch, pins, probe (what: gps)"
-        return {"ok": False, "error": f"unknown command {untrusted.printable(cmd)!r} (known: {known})"}
+        return {"ok": False, "error": f"unknown command '{untrusted.printable(cmd)}' (known: {known})"}
 
     def _status(self) -> dict[str, Any]:
         try:

@@ -12,6 +12,8 @@ import json
 import math
 from typing import Any
 
+from agent.errors import one_line
+
 Scalar = str | int | float | bool | None
 
 
@@ -40,11 +42,10 @@ def flat_object(raw: bytes | bytearray | str, *, max_bytes: int) -> dict[str, Sc
 
 
 def printable(value: Any, limit: int = 64) -> str:
-    """`value` for a log line: control characters and non-ASCII escaped, at most `limit` characters."""
-    text = value if isinstance(value, str) else repr(value)
-    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
-    escaped = "".join(c if " " <= c < "\x7f" else f"\\x{ord(c):02x}" for c in escaped)
-    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
+    """`value` for a log line: control characters and line breaks escaped (errors.one_line), at most
+    `limit` characters."""
+    shown = one_line(value if isinstance(value, str) else repr(value))
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
 
 
 def _containers(text: str) -> int:

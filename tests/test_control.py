@@ -213,7 +213,7 @@ def test_no_request_within_the_cap_can_end_the_control_thread(broker, make_confi
     # A command that is a string full of control characters is named escaped, on one line.
     with control.connect(path) as sock:
         unknown = ask(sock, {"cmd": "x\nboxtel.core: forged line\x1b[2J"})
-    assert "\n" not in unknown["error"] and "\x1b" not in unknown["error"] and "\\x0a" in unknown["error"]
+    assert "\n" not in unknown["error"] and "\x1b" not in unknown["error"] and "x\\nboxtel.core" in unknown["error"]
     status = boxtel("status", "-c", str(config))
     assert status.returncode == 0 and f"pid {agent.pid}" in status.stdout, status
     doctor = boxtel("doctor", "-c", str(config))

@@ -180,7 +180,7 @@ def test_5000_forged_statuses_cost_a_birth_per_5_s_and_the_birth_stays(make_brok
     log = agent.log()
     assert "Traceback" not in log
     assert not [line for line in log.splitlines() if line.startswith("boxtel.core: FORGED")]
-    assert "session 7\\x0aboxtel.core: FORGED all lockers closed" in log
+    assert "session 7\\nboxtel.core: FORGED all lockers closed" in log
     warnings = [line for line in log.splitlines() if f"on {STATUS}" in line]
     assert 1 <= len(warnings) <= elapsed / 60 + 2, warnings
 
