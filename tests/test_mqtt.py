@@ -106,7 +106,8 @@ def test_backoff_has_jitter_and_cap():
     # A forged will with the live session number: still not our birth.
     lambda birth: json.dumps({"state": "offline", "session": birth["session"], "reason": "connection lost"}),
     lambda birth: "[" * 1500 + "]" * 1500,
-], ids=["stale-will", "forged-will-with-the-live-session", "nested-junk"])
+    lambda birth: "",  # an empty retained message clears the status: the box is unknown until answered
+], ids=["stale-will", "forged-will-with-the-live-session", "nested-junk", "cleared"])
 def test_a_status_other_than_our_birth_is_answered_with_a_fresh_birth(
     broker, make_config, subscribe, run_agent, displacing
 ):
