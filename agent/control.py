@@ -27,6 +27,7 @@ import selectors
 import socket
 import stat
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +38,7 @@ from agent.errors import ConfigError, UnavailableError
 
 log = logging.getLogger("boxtel.control")
 
-MAX_CLIENTS = 8  # a technician or two; more is a runaway script
+MAX_CLIENTS = 8  # a technician or two; more is a runaway script (or clients that connect and never ask)
 WATCH_QUEUE = 1000  # lines held for one slow watcher before they are dropped
 MAX_REQUEST_BYTES = 4096
 CORE_ANSWER_S = 5.0  # the core answers a status request within this, or it is reported stuck
@@ -215,11 +216,20 @@ class ControlServer:
         sock.setblocking(False)
         client = _Client(sock)
         if self.clients >= MAX_CLIENTS:
-            client.send_now({"ok": False, "error": f"too many diagnostics clients (at most {MAX_CLIENTS})"})
-            sock.close()
-            return
+            self._make_room()
         self.clients += 1
         self._selector.register(sock, selectors.EVENT_READ, client)
+
+    def _make_room(self) -> None:
+        """All slots taken: the newcomer is served and the client idle longest goes (a watcher only when
+        every slot watches), so clients that connect and never ask cannot lock a technician out."""
+        clients = [key.data for key in self._selector.get_map().values() if isinstance(key.data, _Client)]
+        if not clients:
+            return
+        victim = min(clients, key=lambda c: (c.watching, c.active))
+        victim.send_now({"ok": False, "error": f"closed: more than {MAX_CLIENTS} diagnostics clients at once, "
+                         "and this one was idle longest"})
+        self._close(victim)
 
     def alive(self) -> str | None:
         """For the systemd watchdog: None while the control thread serves (or never started: a socket
@@ -265,6 +275,7 @@ class ControlServer:
         while not client.outbuf and not client.watching and b"\n" in client.inbuf:
             line, _, rest = bytes(client.inbuf).partition(b"\n")
             client.inbuf = bytearray(rest)
+            client.active = time.monotonic()
             client.write(self._answer(client, line))
             if not self._flush(client):
                 self._close(client)
@@ -415,6 +426,7 @@ class _Client:
         self.eof = False  # the client has stopped sending
         self.interest = selectors.EVENT_READ
         self.closed = False
+        self.active = time.monotonic()  # connected, or last asked something: the longest idle makes room
 
     def write(self, message: dict[str, Any]) -> None:
         self.outbuf += _line(message)

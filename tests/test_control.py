@@ -101,22 +101,30 @@ def test_bad_requests_get_an_error_line_and_the_connection_stays_usable(broker, 
         assert ask(sock, {"cmd": "status"})["status"]["box"] == "test-001"
 
 
-def test_clients_beyond_the_cap_are_turned_away(broker, make_config, run_agent):
+def test_clients_that_connect_and_never_ask_cannot_lock_a_technician_out(broker, make_config, run_agent):
+    """Slowloris: every slot held by a client that sends nothing (or half a request). The newcomer is
+    served; the one idle longest is told why and closed; a watcher goes only when every slot watches."""
     config = make_config(broker, SIMULATED)
-    run_agent(config)
+    agent = run_agent(config)
     path = socket_of(config)
     wait_until(lambda: is_socket(path), what="the control socket")
-    held = [control.connect(path) for _ in range(control.MAX_CLIENTS)]
+    watcher = control.connect(path)
+    assert ask(watcher, {"cmd": "watch"}) == {"ok": True, "watching": True}
+    held = [control.connect(path) for _ in range(control.MAX_CLIENTS - 1)]
     try:
-        for sock in held:  # every one of them is being served
-            assert ask(sock, {"cmd": "pins"})["ok"]
-        with control.connect(path) as extra:
-            refused = json.loads(extra.makefile("rb").readline())
-        assert refused == {"ok": False, "error": f"too many diagnostics clients (at most {control.MAX_CLIENTS})"}
+        held[0].sendall(b'{"cmd": "sta')  # half a request, never finished
+        wait_until(lambda: control.request(path, "status")["ok"], what="a status while every slot is held")
+        status = boxtel("status", "-c", str(config))
+        assert status.returncode == 0 and f"pid {agent.pid}" in status.stdout, status
+        told = json.loads(held[0].makefile("rb").readline())  # the first of them was idle longest
+        assert told["ok"] is False and "idle longest" in told["error"], told
+        assert held[0].recv(1) == b""
+        watcher.settimeout(10)
+        assert b'"type":' in watcher.recv(65536)  # the watcher still streams
     finally:
-        for sock in held:
+        for sock in [watcher, *held]:
             sock.close()
-    wait_until(lambda: _status_or_none(path), what="a free slot again")
+    assert "Traceback" not in agent.log()
 
 
 def test_a_watcher_that_never_reads_loses_lines_but_never_slows_the_core(broker, make_config, monkeypatch):
