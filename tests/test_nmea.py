@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -114,6 +115,21 @@ def test_checksummed_but_absurd_values_are_nulled_and_counted():
     ok = decode("GPGGA,094000.00,5205.44,N,00507.28,E,1,09,0.9,49999.0,M,47.0,M,,",
                 "GPRMC,094000.00,A,5205.44,N,00507.28,E,0.0,0.0,261125,,,A")
     assert ok[-1].alt_m == 49999.0 and ok[-1].course_deg == 0.0 and ok[-1].speed_mps == 0.0
+
+
+@pytest.mark.parametrize("word", ["nan", "inf", "-inf", "NaN", "Infinity"])
+def test_checksummed_nan_and_inf_are_nulled_and_counted_like_any_absurd_value(word):
+    stats = new_stats()
+    decoder = EpochDecoder(stats)
+    fixes = []
+    for body in (f"GPGGA,094000.00,5205.44,N,00507.28,E,1,09,0.9,{word},M,47.0,M,,",
+                 f"GPRMC,094000.00,A,5205.44,N,00507.28,E,{word},{word},261125,,,A",
+                 "GPGGA,094001.00,5205.44,N,00507.28,E,1,09,0.9,5.0,M,47.0,M,,"):
+        fixes += decoder.feed(sentence(body).strip())
+    dated = [f for f in fixes if f.time]
+    assert dated and abs(dated[0].lat - 52.0906667) < 1e-6
+    assert (dated[0].alt_m, dated[0].speed_mps, dated[0].course_deg) == (None,) * 3
+    assert stats["rejected"] >= 3  # altitude, speed, course withheld, and counted (health: gps_rejected)
 
 
 def test_altitude_needs_a_3d_fix():

@@ -795,11 +795,12 @@ def _degrees(text: str) -> float | None:
 
 
 def _float(text: str) -> float | None:
+    """A number as written; `nan` and `inf` too (Python reads them), left for PLAUSIBLE to null and
+    count, as it does 1e308: a checksummed nonsense value is a rejected value, not a silent empty field."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         return None
-    return value if math.isfinite(value) else None
 
 
 def _int(text: str) -> int | None:
