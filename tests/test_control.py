@@ -3,9 +3,11 @@ never hold up the core."""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
+import random
 import socket
 import stat
 
@@ -218,6 +220,17 @@ def test_no_request_within_the_cap_can_end_the_control_thread(broker, make_confi
             answer = ask(sock, request + b"\n")
             assert answer["ok"] is False and answer["error"].startswith("bad request"), (request[:40], answer)
             assert ask(sock, {"cmd": "status"})["ok"]  # the same connection goes on
+    # Random bytes are a bad request too (every line of them), and the connection goes on.
+    with control.connect(path) as sock:
+        garbage = bytes(random.Random(12).randrange(256) for _ in range(3000)).replace(b"\n", b"")
+        assert ask(sock, garbage + b"\n")["error"].startswith("bad request")
+        assert ask(sock, {"cmd": "status"})["ok"]
+    # A line past the cap is answered once and the connection closed, however much more comes.
+    with control.connect(path) as sock:
+        with contextlib.suppress(OSError):  # the agent may hang up while we are still sending
+            sock.sendall(b'{"cmd": "status", "pad": "' + b"x" * 1_000_000)
+        answer = json.loads(sock.makefile("rb").readline())
+        assert answer == {"ok": False, "error": f"request longer than {control.MAX_REQUEST_BYTES} bytes"}
     # A command that is a string full of control characters is named escaped, on one line.
     with control.connect(path) as sock:
         unknown = ask(sock, {"cmd": "x\nboxtel.core: forged line\x1b[2J"})
