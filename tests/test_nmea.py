@@ -132,6 +132,20 @@ def test_checksummed_nan_and_inf_are_nulled_and_counted_like_any_absurd_value(wo
     assert stats["rejected"] >= 3  # altitude, speed, course withheld, and counted (health: gps_rejected)
 
 
+@pytest.mark.parametrize("position", ["9100.000,N,00507.28,E", "5205.44,N,18100.000,E", "9959.999,S,35959.999,W"])
+def test_a_checksummed_position_off_the_globe_is_no_position_and_counted(position):
+    stats = new_stats()
+    decoder = EpochDecoder(stats)
+    fixes = []
+    for body in (f"GPGGA,094000.00,{position},1,09,0.9,5.0,M,47.0,M,,",
+                 f"GPRMC,094000.00,A,{position},0.0,0.0,261125,,,A",
+                 "GPGGA,094001.00,5205.44,N,00507.28,E,1,09,0.9,5.0,M,47.0,M,,"):
+        fixes += decoder.feed(sentence(body).strip())
+    dated = [f for f in fixes if f.time]
+    assert dated and all((f.lat, f.lon, f.alt_m, f.fix) == (None, None, None, "none") for f in dated)
+    assert stats["rejected"] >= 1  # health: gps_rejected
+
+
 def test_altitude_needs_a_3d_fix():
     fixes = decode("GPRMC,094000.00,A,5205.44422,N,00507.28520,E,0.0,0.0,261125,,,A",
                    "GPGGA,094000.00,5205.44422,N,00507.28520,E,1,03,2.0,55.0,M,47.0,M,,",

@@ -65,6 +65,8 @@ STAT_KINDS = (SENTENCES_OK, BAD_CHECKSUM, MALFORMED, PROPRIETARY, UNSUPPORTED, N
 # The physical bounds of a fix's values (inclusive). A checksum only proves the line arrived as sent: a
 # buggy or hostile talker can still send altitude 1e308. Checked once, on the decoder's output.
 PLAUSIBLE = {
+    "lat": (-90.0, 90.0),  # out of either, the whole position goes, and the fix with it
+    "lon": (-180.0, 180.0),
     "alt_m": (-1_000.0, 50_000.0),  # Dead Sea shore to well above any balloon a receiver reports from
     "speed_mps": (0.0, 1_000.0),  # COCOM limits receivers to 515 m/s; a container on a truck to ~40
     "course_deg": (0.0, 360.0),
@@ -319,6 +321,9 @@ class EpochDecoder:
                 if value is not None and not low <= value <= high:
                     setattr(fix, name, None)
                     self.stats[REJECTED] += 1
+            if fix.lat is None or fix.lon is None:  # without a position there is no fix, nor altitude
+                fix.lat = fix.lon = fix.alt_m = None
+                fix.fix = FIX_NONE
         return fixes
 
     def _track_cycle(self, kind: str, previous_frac: float | None, update: _Update) -> tuple[bool, bool]:
@@ -766,7 +771,7 @@ def _lat_lon(f: list[str]) -> tuple[float, float] | None:
     if len(f) < 4 or not all(f[:4]):
         return None
     lat, lon = _degrees(f[0]), _degrees(f[2])
-    if lat is None or lon is None or abs(lat) > 90.0 or abs(lon) > 180.0:
+    if lat is None or lon is None:  # a latitude of 91 goes on to PLAUSIBLE, to be counted
         return None
     if lat == 0.0 and lon == 0.0:
         return None  # what some receivers print before their first fix: never a position
