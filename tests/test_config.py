@@ -469,6 +469,63 @@ def test_any_float_key_set_to_nan_or_inf_is_refused_naming_it(case):
     assert stderr.getvalue().endswith(f", got {shown}\n"), stderr.getvalue()
 
 
+def _string_keys(cls: type, table: Any, where: tuple) -> list[tuple]:
+    """Key path of every string setting reachable in `table` (a list of strings: its first item)."""
+    found = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        hint, path = _unwrap(hints[field.name]), (*where, field.name)
+        args = typing.get_args(hint)
+        if hint is str or (typing.get_origin(hint) in (typing.Union, types.UnionType) and str in args):
+            found.append(path)
+        elif typing.get_origin(hint) is list and args[0] is str:
+            found.append((*path, 0))
+        elif dataclasses.is_dataclass(hint) and field.name in table:
+            found += _string_keys(hint, table[field.name], path)
+        elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(args[1]):
+            for name, item in table.get(field.name, {}).items():
+                found += _string_keys(args[1], item, (*path, name))
+    return found
+
+
+def _all_string_keys() -> list[tuple]:
+    keys = []
+    for section, cls in _schemas().items():
+        table = MINIMAL.get(section, {})
+        for i, item in enumerate(table if isinstance(table, list) else [table]):
+            keys += _string_keys(cls, item, (section, i) if isinstance(table, list) else (section,))
+    return keys
+
+
+STRING_KEYS = _all_string_keys()
+
+
+def test_every_section_has_its_string_keys_walked():
+    assert {("box", "id"), ("box", "state_dir"), ("mqtt", "topic_prefix"), ("gps", "port"), ("gps", "baud"),
+            ("locker", 0, "name"), ("locker", 0, "armed_schedule", 0)} <= set(STRING_KEYS)
+
+
+@pytest.mark.parametrize("char", ["\x00", "\n", "\r", "\x1b", "\x85", "\u2028"], ids=repr)
+def test_every_string_key_refuses_control_characters_naming_it(tmp_path, char):
+    """Every string -- ids, names, topics, paths, schedule windows -- ends in topics, payloads or log lines."""
+    for path in STRING_KEYS:
+        data = copy.deepcopy({"box": MINIMAL["box"], path[0]: MINIMAL.get(path[0], {})})
+        table = data
+        for key, then in zip(path[:-1], path[1:], strict=True):
+            table = table[key] if isinstance(key, int) else table.setdefault(key, [] if isinstance(then, int) else {})
+        if isinstance(path[-1], int):
+            table[:] = ["x"]
+        table[path[-1]] = f"ab{char}c"
+        file = tmp_path / "agent.toml"
+        file.write_text(toml_dumps(data))
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            code = main(["check-config", "-c", str(file)])
+        assert code == EX_CONFIG, (path, stderr.getvalue())
+        assert stderr.getvalue() == (f"boxtel: {file}: {_key_text(path)}: control character U+{ord(char):04X} at "
+                                     "position 3 is not allowed\n")
+
+
 # Numbers bounded another way than `max=`: a set of valid values checked in the section's validate().
 _BOUNDED_ELSEWHERE = {("InputConfig", "pin"): "BCM_PINS", ("GpsConfig", "baud"): "BAUDS"}
 
