@@ -28,7 +28,6 @@ import socket
 import stat
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -502,15 +501,16 @@ def state_dir_path(config_path: str) -> str:
 
 def _lenient(config_path: str, section: str, key: str, cls: type, **required: Any) -> Any:
     """`section.key` validated alone (the rest of the file may be wrong or unreadable), else its default."""
+    from agent.config import parse_toml
     from agent.schema import build
 
     try:
         with open(config_path, "rb") as handle:
-            table = tomllib.load(handle).get(section, {})
+            table = parse_toml(handle.read(), file=config_path).get(section, {})
         picked = {key: table[key]} if isinstance(table, dict) and key in table else {}
         return getattr(build(cls, {**required, **picked}, where=section, base_dir=Path(config_path).resolve().parent,
                              file=config_path), key)
-    except (OSError, tomllib.TOMLDecodeError, ConfigError):
+    except (OSError, ConfigError):
         return getattr(cls(**required), key)
 
 

@@ -371,6 +371,19 @@ def test_refused_config(case, capsys):
     assert (code, out, err) == (EX_CONFIG, "", f"boxtel: {path}: {expected}\n")
 
 
+def test_a_config_not_in_utf8_is_one_line_for_every_command_and_a_bom_is_skipped(tmp_path):
+    """Saved in Latin-1 on a technician's laptop: `status` and `doctor` read the same file (leniently)."""
+    latin1 = tmp_path / "agent.toml"
+    latin1.write_bytes(b'[box]\nid = "pib-001"\nsite = "Besan\xe7on"\n')
+    for command in ("check-config", "status", "doctor", "run"):
+        result = boxtel(command, "-c", str(latin1))
+        assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout, (command, result)
+    assert "not UTF-8 text: byte 0xE7 on line 3" in boxtel("doctor", "-c", str(latin1)).stdout
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b'\xef\xbb\xbf[box]\nid = "pib-001"\nstate_dir = "state"\n')
+    assert boxtel("check-config", "-c", str(bom)).returncode == 0
+
+
 def test_every_refused_case_has_its_line():
     assert {p.stem for p in REFUSED.glob("*.toml")} == {p.stem for p in REFUSED.glob("*.err")}
 
