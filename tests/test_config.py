@@ -9,6 +9,8 @@ import io
 import math
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import tomllib
 import types
@@ -382,6 +384,21 @@ def test_a_config_not_in_utf8_is_one_line_for_every_command_and_a_bom_is_skipped
     bom = tmp_path / "bom.toml"
     bom.write_bytes(b'\xef\xbb\xbf[box]\nid = "pib-001"\nstate_dir = "state"\n')
     assert boxtel("check-config", "-c", str(bom)).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["check-config", "doctor"])
+def test_output_into_a_pipe_closed_early_is_no_traceback(tmp_path, command):
+    """`boxtel doctor | head -1`: the reader has gone; the command stops quietly, as a shell tool does."""
+    config = tmp_path / "agent.toml"
+    config.write_text(toml_dumps({"box": {"id": "pib-001", "state_dir": "state"}}))
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run([sys.executable, "-m", "agent", command, "-c", str(config)], stdout=writer,
+                                stderr=subprocess.PIPE, text=True, timeout=60, cwd=ROOT)
+    finally:
+        os.close(writer)
+    assert (result.returncode, result.stderr) == (141, ""), result.stderr
 
 
 def test_every_refused_case_has_its_line():
