@@ -226,6 +226,8 @@ def parse_toml(data: bytes, *, file: str) -> dict[str, Any]:
         return tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"invalid TOML: {err}", file=file) from None
+    except RecursionError:  # tomllib recurses per bracket: `site = [[[[...` thousands deep
+        raise ConfigError("invalid TOML: lists or tables nested too deeply", file=file) from None
 
 
 def _check_unique_instances(config: Config) -> None:
