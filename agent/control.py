@@ -150,7 +150,7 @@ class ControlServer:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(building)
-            listener.listen(MAX_CLIENTS)
+            listener.listen(64)  # a burst of clients queues here; beyond it, connect() waits (EAGAIN)
             os.chmod(building, 0o660)
             self._chgrp(building)
             os.replace(building, self.path)
@@ -519,8 +519,16 @@ def connect(path: str, timeout_s: float = 10.0, *, state_dir: str | None = None)
     is there at all (so a dead diagnostics thread is never reported as "no agent is running")."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
+    deadline = time.monotonic() + timeout_s
     try:
-        sock.connect(path)
+        while True:
+            try:
+                sock.connect(path)
+                break
+            except BlockingIOError:  # EAGAIN: the agent's accept queue is full (a burst of clients)
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
         sock.close()
         raise _nobody_answers(path, state_dir) from None

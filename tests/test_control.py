@@ -10,6 +10,7 @@ import os
 import random
 import socket
 import stat
+import threading
 
 import pytest
 
@@ -126,6 +127,30 @@ def test_clients_that_connect_and_never_ask_cannot_lock_a_technician_out(broker,
     finally:
         for sock in [watcher, *held]:
             sock.close()
+    assert "Traceback" not in agent.log()
+
+
+def test_a_burst_of_clients_at_once_is_served_every_one(broker, make_config, run_agent):
+    """A hundred `boxtel status` at once (a monitoring script gone wild): each one waits its turn and is
+    answered; none is refused for a full accept queue (EAGAIN) or for the cap."""
+    config = make_config(broker, SIMULATED)
+    agent = run_agent(config)
+    path = socket_of(config)
+    wait_until(lambda: is_socket(path), what="the control socket")
+    answers: list = []
+
+    def ask_status() -> None:
+        try:
+            answers.append(control.request(path, "status", timeout_s=60)["ok"])
+        except UnavailableError as err:
+            answers.append(str(err))
+
+    burst = [threading.Thread(target=ask_status) for _ in range(100)]
+    for thread in burst:
+        thread.start()
+    for thread in burst:
+        thread.join(90)
+    assert answers == [True] * 100, [a for a in answers if a is not True][:3]
     assert "Traceback" not in agent.log()
 
 
