@@ -130,6 +130,18 @@ def test_alarms_are_the_union_of_every_state_topic_and_boxes_with_alarms_come_fi
     assert model.boxes["c1"].row()["doors"] == {"armory-1": {"door": "open"}}
 
 
+def test_a_state_the_box_takes_back_leaves_the_view():
+    model = FleetModel()
+    feed(model, "c1", "locker/armory-1", alarms=["door_open_too_long"], door="open")
+    feed(model, "c1", "locker/armory-2", alarms=[], door="closed")
+    feed(model, "c1", "generator", alarms=["fuel_low"], running=True)
+    model.ingest("boxtel/c1/locker/armory-1", b"")  # a locker removed from the config: its retained state cleared
+    model.ingest("boxtel/c1/generator", b"")
+    row = model.boxes["c1"].row()
+    assert row["doors"] == {"armory-2": {"door": "closed"}} and row["generator"] is None and row["alarms"] == []
+    assert model.boxes["c1"].bad_payloads == 0
+
+
 def test_garbage_and_foreign_topics_are_ignored():
     model = FleetModel()
     assert model.ingest("boxtel/b1/gps", b"\xff not json") is None
