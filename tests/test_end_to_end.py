@@ -16,6 +16,7 @@ from agent.fleet.sim import FleetSim
 from drivers.gpio_sim import GpioScenario
 from tests.gpio_support import agent_in_process, fast_demo_hardware
 from tests.support import ROOT, Subscriber, boxtel, wait_until
+from tests.test_demo import check_live_view
 from tests.test_homeassistant import check_documented, render
 
 BOX = "test-001"
@@ -93,6 +94,9 @@ def test_what_the_agent_publishes_is_what_home_assistant_the_console_and_the_doc
     for message in sub.on(f"{BASE}/#"):
         stream = message.topic.removeprefix(f"{BASE}/")
         doc.check(stream, message.json)
+
+    # (e) `make demo`'s live view shows each of them as one readable line
+    check_live_view([m for m in sub.messages[:] if m.topic.startswith(f"{BASE}/")])
 
     # (d) simulate-fleet's boxes publish what a real agent with the same hardware publishes
     fleet_sub = Subscriber(broker.port, "boxtel/+/#")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from agent.errors import BoxtelError, DataError
@@ -47,21 +48,55 @@ def run(args: argparse.Namespace) -> int:
     if not checked:
         detail = f" ({stats[nmea.BAD_CHECKSUM]} with bad checksums)" if stats[nmea.BAD_CHECKSUM] else ""
         raise DataError(f"{args.file}: no NMEA sentences{detail}")
-    # gpsd reports no time before the capture gave a date (RMC or ZDA): such epochs are counted, not shown
-    undated = sum(1 for fix in fixes if fix.time is None)
-    records = _distinct([fix.record() for fix in fixes if fix.time is not None])
+    dated = [fix for fix in fixes if fix.time is not None]
+    records = _distinct([fix.record() for fix in dated])
     try:
         _print(records, as_json=args.json)
     except BrokenPipeError:  # `| head`: the reader has seen enough
         sys.stderr.close()
         return 0
-    with_fix = sum(1 for record in records if record["fix"] != nmea.FIX_NONE)
+    instants = {fix.time for fix in dated}
+    with_fix = len({fix.time for fix in dated if fix.fix != nmea.FIX_NONE})
+    undated = _undated_instants(data, {time[11:23] for time in instants})
     rejected = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in stats.items()
                          if count and kind != nmea.SENTENCES_OK)
-    print(f"{len(records)} epochs, {with_fix} with a fix, from {stats[nmea.SENTENCES_OK]} sentences"
-          f"{f'; {undated} epochs before the first date (RMC/ZDA) not shown' if undated else ''}"
-          f"{f'; {rejected}' if rejected else ''}", file=sys.stderr)
+    notes = [f"{_count(len(instants) + undated, 'epoch')}, {with_fix} with a fix, "
+             f"from {stats[nmea.SENTENCES_OK]} sentences"]
+    if len(records) != len(instants):  # an epoch the receiver reported in parts (gpsd does the same)
+        notes.append(f"shown in {_count(len(records), 'row')}")
+    if undated:
+        notes.append(f"{_count(undated, 'epoch')} before the first date (RMC/ZDA) not shown")
+    if rejected:
+        notes.append(rejected)
+    print("; ".join(notes), file=sys.stderr)
     return 0
+
+
+# A sentence's time of day (GLL has it in field 5) and whether it dates the capture (RMC, ZDA).
+_TIMED = re.compile(rb"^\$[A-Z]{2}(?:(GGA|GNS|RMC|ZDA),(\d{6}(?:\.\d+)?)|GLL,[^,\r\n]*,[^,\r\n]*,[^,\r\n]*,"
+                    rb"[^,\r\n]*,(\d{6}(?:\.\d+)?))([^\r\n]*)", re.M)
+
+
+def _undated_instants(data: bytes, shown: set[str]) -> int:
+    """Instants the receiver stamped before it first gave a date that no shown record has. gpsd gives an
+    epoch no time until a date is known, so the first instant often appears twice in the decoder's output:
+    once undated (its GGA), once dated (its RMC); only the instants never dated are missing."""
+    undated: set[str] = set()
+    for match in _TIMED.finditer(data):
+        kind, clock, gll_clock, rest = match.groups()
+        fields = rest.split(b",")
+        # a void RMC (status V) dates nothing, for gpsd as for the decoder
+        dates = (kind == b"RMC" and len(fields) > 8 and fields[1] == b"A" and len(fields[8]) == 6) or \
+                (kind == b"ZDA" and len(fields) > 3 and all(fields[1:4]))
+        if dates:
+            break
+        text = (clock or gll_clock).decode()
+        undated.add(f"{text[0:2]}:{text[2:4]}:{float(text[4:]):06.3f}")
+    return len(undated - shown)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _distinct(records: list[dict]) -> list[dict]:
