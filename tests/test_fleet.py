@@ -384,3 +384,23 @@ def test_console_logs_in_with_its_own_credentials_and_a_refusal_is_unavailable(m
                     "--json", "--for", "0.5")
     assert result.returncode == 0, result.stderr
     assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_the_buffered_client_runs_on_the_paho_minor_its_private_overrides_were_checked_against():
+    """BufferedClient overrides paho's private `_sock_recv(bufsize)` / `_sock_send(buf)`. Another paho
+    minor may change them silently: this fails until the overrides are re-checked and PAHO_TESTED and
+    setup.cfg's pin move together."""
+    import inspect
+    import re
+    from importlib.metadata import version
+
+    import paho.mqtt.client as mqtt
+
+    from agent.fleet.broker import PAHO_TESTED, BufferedClient
+
+    assert version("paho-mqtt").startswith(PAHO_TESTED + "."), (version("paho-mqtt"), PAHO_TESTED)
+    pin = re.search(r"^\s*paho-mqtt ~= (\d+\.\d+)\.\d+$", (ROOT / "setup.cfg").read_text(), re.M)
+    assert pin and pin.group(1) == PAHO_TESTED
+    for name, parameters in (("_sock_recv", ["self", "bufsize"]), ("_sock_send", ["self", "buf"])):
+        assert list(inspect.signature(getattr(mqtt.Client, name)).parameters) == parameters
+        assert name in BufferedClient.__dict__
