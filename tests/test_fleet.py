@@ -404,3 +404,12 @@ def test_the_buffered_client_runs_on_the_paho_minor_its_private_overrides_were_c
     for name, parameters in (("_sock_recv", ["self", "bufsize"]), ("_sock_send", ["self", "buf"])):
         assert list(inspect.signature(getattr(mqtt.Client, name)).parameters) == parameters
         assert name in BufferedClient.__dict__
+
+
+def test_the_box_daemon_does_not_load_the_central_side():
+    """The CLI imports every command's module, `boxtel run` on a box too: the console and the simulator
+    load only when their command runs (RSS on the box, bench/footprint.py)."""
+    code = ("import sys, agent.cli; agent.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m in ('agent.fleet.console', 'agent.fleet.sim')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
