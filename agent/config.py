@@ -97,11 +97,14 @@ class OutboxSettings:
 class HomeAssistantSettings:
     enabled: bool = setting(False, doc="announce every sensor to Home Assistant (MQTT discovery)")
     discovery_prefix: str = setting("homeassistant", doc="Home Assistant's discovery topic prefix")
+    # HA's own setting, apart from the discovery prefix: its birth, after which the box announces again
+    birth_topic: str = setting("homeassistant/status", doc="where Home Assistant says it is online (its birth)")
 
     def validate(self) -> None:
-        prefix = self.discovery_prefix
-        if not prefix or any(c in prefix for c in "+#") or prefix.strip("/") != prefix:
-            raise SettingError("discovery_prefix", "must be a topic without wildcards or leading/trailing '/'")
+        for key in ("discovery_prefix", "birth_topic"):
+            topic = getattr(self, key)
+            if not topic or any(c in topic for c in "+#") or topic.strip("/") != topic:
+                raise SettingError(key, "must be a topic without wildcards or leading/trailing '/'")
 
 
 @dataclass(kw_only=True)

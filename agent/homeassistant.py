@@ -14,7 +14,8 @@ The lifecycle (`Announcer`), so a metered link pays for discovery only when some
   driver switched off, [homeassistant] disabled): otherwise HA and the fleet console keep showing a
   removed locker as closed and armed;
 - it republishes every config when Home Assistant announces itself `online` on
-  `<discovery_prefix>/status` (HA's birth after its own restart), never merely because the box reconnected.
+  its birth topic (`homeassistant/status`, HA's birth after its own restart), never merely because the
+  box reconnected.
 
 Ids: a box id must be a valid HA node id ([A-Za-z0-9_-], checked with the config); an entity key that
 needs cleaning (a locker `armory.1`) gets a short stable hash of the original appended, so `armory.1`
@@ -219,7 +220,7 @@ class Announcer:
     def __init__(self, config: Config, version: str, request_save: Any = None):
         settings = config.homeassistant
         self.enabled = settings.enabled
-        self.ha_status_topic = f"{settings.discovery_prefix}/status"
+        self.ha_status_topic = settings.birth_topic
         self.configs: dict[str, str] = dict(discovery_messages(config, version)) if self.enabled else {}
         self.state_topics = state_topics(config)
         self._legacy = _legacy_topics(config, self.configs) if self.enabled else set()

@@ -325,3 +325,16 @@ def documented_acl() -> str:
 
     text = (ROOT / "docs" / "mqtt.md").read_text()
     return re.search(r"`/etc/mosquitto/acl`:\n\n```\n(.*?)```", text, re.S).group(1)
+
+
+def test_the_birth_topic_is_home_assistants_own_setting_not_the_discovery_prefix(make_config):
+    from agent.errors import ConfigError
+    from agent.homeassistant import Announcer
+
+    config = _load(make_config, {"homeassistant": {"enabled": True, "discovery_prefix": "ha"}})
+    assert Announcer(config, "0.1.0").ha_status_topic == "homeassistant/status"  # HA's default for both
+    config = _load(make_config, {"homeassistant": {"enabled": True, "birth_topic": "hass/birth"}})
+    assert Announcer(config, "0.1.0").ha_status_topic == "hass/birth"
+    with pytest.raises(ConfigError) as caught:
+        _load(make_config, {"homeassistant": {"enabled": True, "birth_topic": "hass/#"}})
+    assert caught.value.key == "homeassistant.birth_topic"
