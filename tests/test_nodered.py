@@ -1,6 +1,7 @@
 """integrations/node-red/flow.json in a real Node-RED (npm `node-red` 4.1, installed once into a cache
-folder): alarms come out once each, QoS 1 redeliveries are dropped, a box whose seq started again (new
-SD card) is not silenced, and an alarm raised while Node-RED was down arrives when it is back."""
+folder): a real agent's alarm comes out; with a scripted box, each alarm once, QoS 1 redeliveries
+dropped, a box whose seq started again (new SD card) not silenced, and an alarm raised while Node-RED
+was down arriving when it is back."""
 
 from __future__ import annotations
 
@@ -144,3 +145,15 @@ def test_the_flow_reports_each_alarm_once_across_a_seq_reset_and_a_node_red_rest
         assert len(node_red.alarms()) == 4, node_red.alarms()
     finally:
         box.close()
+
+
+def test_the_flow_reports_a_real_agents_alarm(node_red: NodeRed, broker, make_config, run_agent):
+    # the simulated tank reads below 99 %: tank_low is raised as soon as the agent runs
+    config = make_config(broker, {"simulate": True, "water": {
+        "tank": {"channel": 1, "interval_s": 0.5, "smoothing": 1}, "tank_low_pct": 99.0, "tank_low_clear_pct": 99.5,
+        "tank_high_pct": 100.0, "tank_high_clear_pct": 99.8}})
+    node_red.start()
+    agent = run_agent(config)
+    wait_until(lambda: any("ALARM tank_low (water, " in a for a in node_red.alarms()), 30,
+               "the agent's tank_low through Node-RED")
+    assert all(a.startswith("test-001: ") for a in node_red.alarms()) and agent.alive()
