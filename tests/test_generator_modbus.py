@@ -1,0 +1,327 @@
+"""Generator, Modbus source: the real pymodbus client against a real pymodbus server (TCP on loopback,
+RTU over a pty pair) serving the DSE GenComm and ComAp maps of a simulated genset."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.bus import Bus, Event, Reading
+from agent.clock import Clock
+from agent.errors import ConfigError
+from agent.schema import build
+from drivers.base import DriverContext
+from drivers.generator import GeneratorDriver
+from drivers.generator.modbus_adapter import RegisterServer
+from drivers.generator.modbus_sim import REGISTERS, Genset, PtyPair, play
+from tests.support import ROOT
+
+FUEL = {"tank_litres": 400.0, "fuel_hold_s": 60.0, "fuel_settle_s": 120.0, "fuel_drop_min_l": 20.0,
+        "refuel_min_l": 20.0, "fuel_rate_window_s": 600.0}
+
+
+class Controller:
+    """A simulated controller on a real server, and a Modbus generator driver polling it."""
+
+    def __init__(self, kind: str, transport: str, tmp_path: Path, size: int = REGISTERS, **extra: Any):
+        self.genset = Genset(kind)
+        self.pty = None
+        table: dict[str, Any] = {"source": "modbus", "controller": kind, "transport": transport, "unit": 7,
+                                 "timeout_s": 0.3, "poll_s": 5.0, **extra}
+        if transport == "tcp":
+            self.server = RegisterServer(self.genset.register, size=size, unit=7, tcp=("127.0.0.1", 0))
+            self.server.start()
+            table.update(host="127.0.0.1", port=self.server.port)
+        else:
+            self.pty = PtyPair(tmp_path)
+            self.server = RegisterServer(self.genset.register, size=size, unit=7, device=self.pty.server_path,
+                                         baud=19200, parity="N")
+            self.server.start()
+            table.update(device=self.pty.client_path, baud=19200, parity="N")
+        self.config = build(GeneratorDriver.Config, table, where="generator", base_dir=tmp_path, file="test.toml")
+        self.bus = Bus()
+        self.ctx = DriverContext("generator", bus=self.bus, clock=Clock(lambda: False), state_dir=tmp_path,
+                                 simulate=False)
+        self.driver = GeneratorDriver(self.config, self.ctx)
+        self.items: list[Any] = []
+        self.now = 1000.0
+
+    def open(self) -> Controller:
+        self.driver.open()
+        return self
+
+    def poll(self, seconds: float = 5.0) -> dict[str, Any]:
+        self.now += seconds
+        self.driver.poll(self.now)
+        return self.state()
+
+    def drain(self) -> list[Any]:
+        while (item := self.bus.get_nowait()) is not None:
+            self.items.append(item)
+        return self.items
+
+    def state(self) -> dict[str, Any]:
+        return [i for i in self.drain() if isinstance(i, Reading)][-1].values
+
+    def events(self, kind: str | None = None) -> list[Event]:
+        return [i for i in self.drain() if isinstance(i, Event) and (kind is None or i.kind == kind)]
+
+    def alarms(self, kind: str = "alarm_raised") -> list[tuple[str, str]]:
+        return [(e.details["alarm"], e.severity) for e in self.events(kind)]
+
+    def close(self) -> None:
+        self.driver.stop()
+        self.server.stop()
+        if self.pty is not None:
+            self.pty.close()
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Iterator[Any]:
+    made: list[Controller] = []
+
+    def make(kind: str = "dse", transport: str = "tcp", **extra: Any) -> Controller:
+        made.append(Controller(kind, transport, tmp_path, **extra))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+BOTH = pytest.mark.parametrize("kind,transport", [("dse", "tcp"), ("dse", "rtu"), ("comap", "tcp"), ("comap", "rtu")])
+
+
+@BOTH
+def test_every_field_is_read_from_the_controller(controller, kind, transport):
+    c = controller(kind, transport).open()
+    g = c.genset
+    g.rpm, g.fuel_pct, g.battery_v, g.load_kw, g.state, g.run_s = 1500, 63, 27.4, 12.0, "loaded", 3600 * 1520.4
+    g.oil_kpa, g.coolant_c = 380, -5
+    state = c.poll()
+    assert state["running"] is True and state["rpm"] == 1500 and state["fuel_pct"] == 63
+    assert state["battery_v"] == 27.4 and state["load_kw"] == 12.0
+    assert state["run_hours"] == pytest.approx(1520.4, abs=0.01)
+    assert state["fault"] is False and state["faults"] == []
+    assert state["engine_state"] == ("running" if kind == "dse" else "loaded")
+    if kind == "dse":  # GenComm has them on page 4; the ComAp map used here does not
+        assert state["oil_kpa"] == 380 and state["coolant_c"] == -5
+    else:
+        assert state["oil_kpa"] is None and state["coolant_c"] is None
+    g.rpm, g.load_kw, g.state = 0, 0.0, "ready"
+    state = c.poll()
+    assert state["running"] is False and state["engine_state"] in ("stopped", "ready")
+    assert [e.kind for e in c.events()] == ["generator_started", "generator_stopped"] or \
+        [e.kind for e in c.events()] == ["generator_stopped"]
+    assert c.server.writes == 0 and c.server.reads > 0  # read-only: the server saw no write request
+
+
+@BOTH
+def test_controller_alarms_raise_and_clear_with_its_severity_and_names(controller, kind, transport):
+    c = controller(kind, transport).open()
+    c.poll()
+    oil, battery = ("low_oil_pressure", "battery_low_voltage") if kind == "dse" else ("oil_press", "batt_volt")
+    c.genset.alarms = {"low_oil_pressure" if kind == "dse" else "Oil Press": "alarm",
+                       "battery_low_voltage" if kind == "dse" else "Batt Volt": "warning"}
+    state = c.poll()
+    assert sorted(c.alarms()) == sorted([(f"generator_fault:{oil}", "alarm"), (f"generator_fault:{battery}", "warning")])
+    assert state["fault"] is True and state["faults"] == sorted([oil, battery])
+    assert sorted(state["alarms"]) == sorted([f"generator_fault:{oil}", f"generator_fault:{battery}"])
+    c.genset.alarms = {"battery_low_voltage" if kind == "dse" else "Batt Volt": "warning"}
+    c.poll()
+    assert [a for a, _ in c.alarms("alarm_cleared")] == [f"generator_fault:{oil}"]
+    c.genset.alarms = {}
+    assert c.poll()["faults"] == []
+    assert sorted(a for a, _ in c.alarms("alarm_cleared")) == sorted([f"generator_fault:{oil}",
+                                                                     f"generator_fault:{battery}"])
+
+
+def test_electrical_trip_is_an_alarm_and_fail_to_start_has_its_own_name(controller):
+    c = controller("dse").open()
+    c.genset.alarms = {"earth_fault_trip": "trip", "fail_to_start": "alarm"}
+    c.poll()
+    assert sorted(c.alarms()) == [("fail_to_start", "alarm"), ("generator_fault:earth_fault_trip", "alarm")]
+
+
+def test_a_start_that_never_runs_raises_fail_to_start(controller):
+    c = controller("comap", fail_to_start_s=30.0).open()
+    c.genset.state, c.genset.rpm = "cranking", 180
+    c.poll(5.0)
+    c.poll(20.0)
+    assert c.alarms() == []
+    c.poll(15.0)  # 35 s of starting without running
+    assert c.alarms() == [("fail_to_start", "alarm")]
+    c.genset.state, c.genset.rpm = "running", 1500
+    c.poll()
+    assert c.alarms("alarm_cleared") == [("fail_to_start", "info")]
+
+
+@pytest.mark.parametrize("transport", ["tcp", "rtu"])
+def test_a_controller_that_vanishes_is_lost_with_null_readings_and_backoff_then_recovers(controller, transport):
+    c = controller("dse", transport, lost_after=3, backoff_max_s=40.0).open()
+    c.genset.rpm, c.genset.fuel_pct = 1500, 70
+    c.genset.alarms = {"low_oil_pressure": "alarm"}
+    assert c.poll()["rpm"] == 1500
+    c.server.silent = True
+    state = c.poll()
+    assert state["rpm"] is None and state["fuel_pct"] is None and state["running"] is None  # never stale
+    assert c.alarms() == [("generator_fault:low_oil_pressure", "alarm")]  # nothing new yet
+    assert c.driver.next_poll_s() == 5.0
+    c.poll()
+    c.poll()
+    assert ("controller_lost", "alarm") in c.alarms()
+    delays = [c.driver.next_poll_s()]
+    for _ in range(4):
+        c.poll()
+        delays.append(c.driver.next_poll_s())
+    assert delays == [10.0, 20.0, 40.0, 40.0, 40.0]  # doubling, capped at backoff_max_s
+    assert c.driver.health()["generator_modbus_timeout"] == 7
+    # the controller's shutdown stays raised while it is silent: a cut cable disarms nothing
+    assert "generator_fault:low_oil_pressure" in c.state()["alarms"]
+    assert c.alarms("alarm_cleared") == []
+    c.server.silent = False
+    state = c.poll()
+    assert state["rpm"] == 1500 and state["fuel_pct"] == 70
+    assert c.alarms("alarm_cleared") == [("controller_lost", "info")]
+    assert c.driver.next_poll_s() == 5.0
+    assert c.server.writes == 0
+
+
+def test_a_garbled_rtu_reply_is_counted_as_a_crc_error(controller):
+    c = controller("dse", "rtu").open()
+    c.pty.garble = True
+    assert c.poll()["rpm"] is None
+    assert c.driver.health()["generator_modbus_crc"] == 1
+    assert c.poll()["rpm"] == 0  # the next reply is clean
+
+
+def test_a_read_the_controller_refuses_is_counted_as_an_exception(controller):
+    c = controller("dse", size=1100).open()  # a controller without pages 6 to 8
+    state = c.poll()
+    assert state["rpm"] is None and c.driver.health()["generator_modbus_exception"] == 1
+    assert "refused the read" in c.ctx.last_error
+
+
+HOSTILE = [
+    # (controller, register, raw value, field, expected, counted as a bad value)
+    ("dse", 1027, 0xFFFF, "fuel_pct", None, False),  # GenComm "not available"
+    ("dse", 1027, 0xFFF8, "fuel_pct", None, False),  # "sensor fault"
+    ("dse", 1027, 250, "fuel_pct", None, True),  # 250 % of a tank
+    ("dse", 1030, 40000, "rpm", None, True),
+    ("dse", 1025, 0x7FFF, "coolant_c", None, False),
+    ("dse", 1029, 900, "battery_v", None, True),  # 90 V on a 24 V set
+    ("comap", 1055, 0x8000, "fuel_pct", None, False),  # ComAp "invalid"
+    ("comap", 1000, 0x8000, "rpm", None, False),
+    ("comap", 1325, 99, "engine_state", None, True),  # no such state
+    ("comap", 4214, 0xFFFF, "faults", [], True),  # an alarm count beyond the list
+]
+
+
+@pytest.mark.parametrize("kind,register,raw,name,expected,counted", HOSTILE)
+def test_hostile_replies_become_null_never_a_number(controller, kind, register, raw, name, expected, counted):
+    c = controller(kind).open()
+    c.genset.rpm, c.genset.fuel_pct, c.genset.state = 1500, 50, "running"
+    c.genset.raw[register] = raw
+    state = c.poll()
+    assert state[name] == expected
+    assert c.driver.health()["generator_modbus_bad_value"] == (1 if counted else 0)
+    assert state["running"] is (None if (kind, name) == ("dse", "rpm") else True)  # DSE: running from rpm
+
+
+def test_a_comap_alarm_line_with_control_bytes_is_rejected_not_published(controller):
+    c = controller("comap").open()
+    c.genset.alarms = {"Oil Press": "alarm"}
+    c.genset.raw[4215 + 1] = 0x1B5B  # ESC [ inside the text
+    state = c.poll()
+    assert state["faults"] == [] and c.alarms() == []
+    assert c.driver.health()["generator_modbus_bad_value"] == 1
+    assert "\x1b" not in (c.ctx.last_error or "")
+
+
+# -- fuel: the scenario against the real server --------------------------------------------------------
+@pytest.mark.parametrize("kind,transport", [("dse", "tcp"), ("comap", "rtu")])
+def test_the_theft_scenario_raises_fuel_drop_exactly_once(controller, kind, transport):
+    """The simulator's cycle at 1 s a poll, each scenario second standing for 10 real ones: a start,
+    consumption, a refuel, a stop, 80 L gone while stopped, a run, a low-oil shutdown."""
+    c = controller(kind, transport, **FUEL).open()
+    rng = random.Random(4)
+    for t in range(0, 120):
+        play(c.genset, float(t), rng.uniform(-0.4, 0.4))
+        c.poll(10.0)
+    drops = [e for e in c.events("alarm_raised") if e.details["alarm"] == "fuel_drop_while_stopped"]
+    assert len(drops) == 1
+    assert drops[0].severity == "alarm" and 70 <= drops[0].details["litres"] <= 90
+    assert drops[0].details["window_s"] >= 60
+    refuels = c.events("refuelled")
+    assert len(refuels) == 1 and 140 <= refuels[0].details["litres"] <= 180
+    cleared = [e for e in c.events("alarm_cleared") if e.details["alarm"] == "fuel_drop_while_stopped"]
+    assert len(cleared) == 1 and cleared[0].details["reason"] == "generator started"
+    assert ("generator_fault:" + ("low_oil_pressure" if kind == "dse" else "oil_press"), "alarm") in c.alarms()
+
+
+def test_consumption_and_noise_raise_nothing_and_give_litres_per_hour(controller):
+    c = controller("dse", **FUEL).open()
+    rng = random.Random(9)
+    g = c.genset
+    fuel = 90.0
+    g.rpm = 1500
+    for _ in range(360):  # an hour running at 4 % (16 L) an hour, the sender jittering by ±1.5 %
+        fuel -= 4.0 / 360
+        g.fuel_pct = fuel + rng.uniform(-1.5, 1.5)
+        state = c.poll(10.0)
+    assert state["fuel_lph"] == pytest.approx(16.0, abs=3.0)
+    assert state["hours_to_empty"] == pytest.approx(state["fuel_l"] / state["fuel_lph"], abs=0.2)
+    g.rpm = 0
+    for _ in range(8 * 360):  # a night stopped: noise only
+        g.fuel_pct = fuel + rng.uniform(-1.5, 1.5)
+        state = c.poll(10.0)
+    assert state["fuel_lph"] == 0.0 and state["hours_to_empty"] is None
+    assert [e for e in c.events() if e.kind not in ("generator_started", "generator_stopped")] == []
+
+
+# -- config and footprint --------------------------------------------------------------------------
+BAD_CONFIGS = [
+    ({"source": "modbus", "transport": "tcp", "host": "10.0.0.5"}, "generator.controller: missing required key"),
+    ({"source": "modbus", "controller": "dse"}, "generator.device: missing required key"),
+    ({"source": "modbus", "controller": "dse", "transport": "tcp"}, "generator.host: missing or invalid"),
+    ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "running": {"pin": 17}},
+     'generator.running: only applies with source = "gpio"'),
+    ({"running": {"pin": 17}, "controller": "dse"}, 'generator.controller: only applies with source = "modbus"'),
+    ({"source": "modbus", "controller": "woodward", "device": "/dev/ttyUSB0"}, "generator.controller: expected one of"),
+    ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "baud": 9601}, "generator.baud"),
+    ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "unit": 248}, "generator.unit"),
+    ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "poll_s": 0.5}, "generator.timeout_s"),
+    ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "tank_litres": 0},
+     "generator.tank_litres"),
+]
+
+
+@pytest.mark.parametrize("table,message", BAD_CONFIGS)
+def test_bad_modbus_configs_are_refused_with_the_key(tmp_path, table, message):
+    with pytest.raises(ConfigError) as err:
+        build(GeneratorDriver.Config, table, where="generator", base_dir=tmp_path, file="agent.toml")
+    assert message in str(err.value)
+
+
+def test_a_box_without_modbus_never_imports_pymodbus():
+    code = ("import sys, agent.runtime, agent.cli, drivers.generator, drivers.generator.gpio_source, "
+            "drivers.generator.simulator; assert 'pymodbus' not in sys.modules, 'pymodbus imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_the_agent_polls_a_simulated_controller(tmp_path, make_config, broker, subscribe):
+    from tests.gpio_support import agent_in_process
+
+    path = make_config(broker, extra={"simulate": True, "generator": {
+        "source": "modbus", "controller": "dse", "transport": "rtu", "device": "unused", "poll_s": 1.0, "timeout_s": 0.5,
+        "tank_litres": 400.0}})
+    sub = subscribe("boxtel/+/generator")
+    with agent_in_process(path):
+        state = sub.wait_for("boxtel/+/generator", lambda p: p["rpm"] is not None and p["fuel_l"] is not None).json
+    assert state["battery_v"] > 20 and isinstance(state["run_hours"], float)
