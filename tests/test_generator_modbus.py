@@ -292,7 +292,6 @@ BAD_CONFIGS = [
     ({"source": "modbus", "controller": "dse", "transport": "tcp"}, "generator.host: missing or invalid"),
     ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "running": {"pin": 17}},
      'generator.running: only applies with source = "gpio"'),
-    ({"running": {"pin": 17}, "controller": "dse"}, 'generator.controller: only applies with source = "modbus"'),
     ({"source": "modbus", "controller": "woodward", "device": "/dev/ttyUSB0"}, "generator.controller: expected one of"),
     ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "baud": 9601}, "generator.baud"),
     ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "unit": 248}, "generator.unit"),
