@@ -17,7 +17,7 @@ from drivers.gpio import AdcConfig, GpioDriverSettings, InputConfig
 _FAULT_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 _HOST = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
 BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
-_GPIO_KEYS = ("running", "faults", "fuel")
+_GPIO_KEYS = ("running", "faults", "fuel", "cranking")
 
 
 @dataclass(kw_only=True)
@@ -28,6 +28,8 @@ class GeneratorConfig(GpioDriverSettings):
     running: InputConfig | None = setting(None, doc="input active while the generator runs (e.g. a relay on its output)")
     faults: dict[str, InputConfig] = setting({}, doc="named fault inputs, each raising generator_fault:<name>")
     fuel: AdcConfig | None = setting(None, doc="fuel level sender on an ADC channel; absent: fuel_pct is null")
+    cranking: InputConfig | None = setting(None, doc="input active while the starter motor is engaged: a start "
+                                                      "not running within fail_to_start_s raises fail_to_start")
     # -- source = "modbus" -----------------------------------------------------------------------
     controller: str | None = setting(None, choices=("dse", "comap"),
                                      doc="dse: Deep Sea GenComm (7xxx/8xxx); comap: ComAp InteliLite")
@@ -45,7 +47,8 @@ class GeneratorConfig(GpioDriverSettings):
     running_rpm: float = setting(300.0, min=1.0, max=5000.0,
                                  doc="engine speed at or above which the set counts as running (no state register)")
     fail_to_start_s: float = setting(60.0, min=5.0, max=3600.0,
-                                     doc="cranking or starting this long without running raises fail_to_start")
+                                     doc="a start (cranking input, controller starting) this long without running "
+                                         "raises fail_to_start")
     # -- fuel (both sources) ---------------------------------------------------------------------
     fuel_low_pct: float = setting(20.0, min=0.0, max=100.0, doc="fuel_low is raised at or below this")
     fuel_low_clear_pct: float = setting(25.0, min=0.0, max=100.0, doc="and cleared at or above this (hysteresis)")

@@ -12,16 +12,17 @@ from typing import Any
 
 from drivers.generator import GeneratorDriver
 from drivers.generator.config import GeneratorConfig
+from drivers.generator.controllers import FAIL_TO_START
 from drivers.generator.fuel import FUEL_DROP, FuelAccount
 from drivers.gpio import AnalogInput, GpioDriver, adc_claims, input_claims
 
 
 class GpioGenerator(GeneratorDriver, GpioDriver):
-    alarm_prefixes = ("fuel_low", "generator_fault", FUEL_DROP)
+    alarm_prefixes = ("fuel_low", "generator_fault", FUEL_DROP, FAIL_TO_START)
 
     @classmethod
     def gpio_claims(cls, config: GeneratorConfig, key: str) -> list[tuple[str, str]]:
-        claims = input_claims(key, {"running": config.running})
+        claims = input_claims(key, {"running": config.running, "cranking": config.cranking})
         claims += input_claims(f"{key}.faults", config.faults)
         if config.fuel is not None:
             claims += adc_claims(f"{key}.fuel", config.fuel)
@@ -29,6 +30,8 @@ class GpioGenerator(GeneratorDriver, GpioDriver):
 
     def open(self, factory: Any) -> None:
         self.add_input("running", self.config.running)
+        if self.config.cranking is not None:
+            self.add_input("cranking", self.config.cranking, label="generator cranking")
         for name, fault in self.config.faults.items():
             self.add_input(f"fault:{name}", fault, label=f"generator fault {name}")
         self.fuel = None
@@ -56,6 +59,9 @@ class GpioGenerator(GeneratorDriver, GpioDriver):
         elif was_running is None:
             self.run_s = 0.0
         self._sample_fuel(now)
+        self._crank_at: float | None = None
+        if running or "cranking" not in self.inputs:
+            self.alarm(FAIL_TO_START, False)  # a start that did run, or no starter input any more
         for name in self.config.faults:
             self.alarm(f"generator_fault:{name}", self.inputs[f"fault:{name}"].active, at_start=True)
         self.ctx.reading(self.values(), force=True)
@@ -65,18 +71,30 @@ class GpioGenerator(GeneratorDriver, GpioDriver):
             self._account(mono)
             self.fuel_account.set_running(mono, active, self.values)
             if active:
+                self._crank_at = None
+                self.alarm(FAIL_TO_START, False, mono=mono, state=self.values())
                 self.run_s = 0.0
                 self.ctx.event("generator_started", mono=mono)
             else:
                 self.ctx.event("generator_stopped", mono=mono, run_s=round(self.run_s))
+        elif name == "cranking":
+            if active and not self.inputs["running"].active and self._crank_at is None:
+                self._crank_at = mono  # a start: it must reach running within fail_to_start_s
         else:
             fault = name.split(":", 1)[1]
             if self.alarm(f"generator_fault:{fault}", active, mono=mono, state=self.values(), input=fault):
                 return  # the alarm already re-sent the state
         self.ctx.reading(self.values(), force=True, mono=mono)
 
+    def timer(self) -> float | None:
+        crank_at = getattr(self, "_crank_at", None)
+        return None if crank_at is None else crank_at + self.config.fail_to_start_s
+
     def tick(self, now: float) -> None:
         self._account(now)
+        if self._crank_at is not None and now - self._crank_at >= self.config.fail_to_start_s:
+            self.alarm(FAIL_TO_START, True, state=self.values(), cranked_at_s=round(now - self._crank_at))
+            self._crank_at = None  # raised until the set runs
         if self.fuel is not None and now - self._fuel_at >= self.config.fuel.interval_s:
             self._fuel_at = now
             self._sample_fuel(now)
@@ -96,7 +114,7 @@ class GpioGenerator(GeneratorDriver, GpioDriver):
         self.fuel_account.update(now, self.fuel_pct, self.inputs["running"].active, self.values)
 
     def values(self) -> dict[str, Any]:
-        faults = sorted(name.split(":", 1)[1] for name, i in self.inputs.items() if name != "running" and i.active)
+        faults = sorted(name.split(":", 1)[1] for name, i in self.inputs.items() if name.startswith("fault:") and i.active)
         values = {
             "running": self.inputs["running"].active,
             "fuel_pct": self.fuel_pct,
@@ -117,6 +135,8 @@ class GpioGenerator(GeneratorDriver, GpioDriver):
     def input_state(self, name: str, active: bool) -> str:
         if name == "running":
             return "running" if active else "stopped"
+        if name == "cranking":
+            return "cranking" if active else "idle"
         return "fault" if active else "ok"
 
     def health(self) -> dict[str, Any]:
