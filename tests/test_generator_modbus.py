@@ -324,3 +324,43 @@ def test_the_agent_polls_a_simulated_controller(tmp_path, make_config, broker, s
     with agent_in_process(path):
         state = sub.wait_for("boxtel/+/generator", lambda p: p["rpm"] is not None and p["fuel_l"] is not None).json
     assert state["battery_v"] > 20 and isinstance(state["run_hours"], float)
+
+
+MODBUS_ALARMS = ["fuel_drop_while_stopped", "generator_fault:low_oil_pressure", "generator_fault:battery_low_voltage"]
+
+
+@pytest.mark.slow
+def test_the_modbus_demo_scenario_shows_every_event_and_alarm_once(make_config, broker, subscribe, monkeypatch):
+    """config/simulate-modbus.toml's generator, its scenario played four times faster."""
+    import tomllib
+
+    from drivers.generator.modbus_sim import ControllerSimulator
+    from tests.gpio_support import agent_in_process
+    from tests.support import wait_until
+
+    speed = 4.0
+    monkeypatch.setattr(ControllerSimulator, "speed", speed)
+    section = tomllib.loads((ROOT / "config" / "simulate-modbus.toml").read_text())["generator"]
+    section.update(poll_s=0.5, timeout_s=0.25, fuel_filter_samples=1, fuel_hold_s=section["fuel_hold_s"] / speed,
+                   fuel_settle_s=section["fuel_settle_s"] / speed)
+    path = make_config(broker, extra={"simulate": True, "generator": section})
+    sub = subscribe("boxtel/test-001/events")
+    with agent_in_process(path) as agent:
+        def events() -> list[dict]:
+            return [m.json for m in sub.on("boxtel/test-001/events") if m.json["source"] == "generator"]
+
+        def all_seen() -> bool:
+            seen = events()
+            cleared = {e["alarm"] for e in seen if e["kind"] == "alarm_cleared"}
+            return set(MODBUS_ALARMS) <= cleared and any(e["kind"] == "refuelled" for e in seen)
+
+        wait_until(all_seen, 60, "the scenario's alarms raised and cleared, and a refuel")
+        server = agent.simulation.parts[0].server
+        assert server.writes == 0 and server.reads > 0
+    seen = events()
+    raised = [e["alarm"] for e in seen if e["kind"] == "alarm_raised"]
+    assert sorted(raised) == sorted(MODBUS_ALARMS)  # each once; no fail_to_start, no controller_lost
+    severities = {e["alarm"]: e["severity"] for e in seen if e["kind"] == "alarm_raised"}
+    assert severities == {"fuel_drop_while_stopped": "alarm", "generator_fault:low_oil_pressure": "alarm",
+                          "generator_fault:battery_low_voltage": "warning"}
+    assert {"generator_started", "generator_stopped"} <= {e["kind"] for e in seen}
