@@ -15,13 +15,11 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pymodbus import FramerType
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
-from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.server import ModbusSerialServer, ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
 
 # pymodbus logs every failed request at error level, with frame bytes: a controller that is off for a
 # night would flood journald, and a reply is hostile input that is never logged raw. Our driver counts
@@ -163,7 +161,9 @@ class RegisterServer:
         return server.sockets[0].getsockname()[1]
 
     async def _action(self, function_code: int, start_address: int, address: int, count: int,
-                      current: list[int], set_values: list | None) -> ExcCodes | None:
+                      current: list[int], set_values: list | None) -> Any:
+        from pymodbus.constants import ExcCodes
+
         if set_values is not None or function_code in _WRITE_CODES:
             self.writes += 1
             return ExcCodes.ILLEGAL_FUNCTION
@@ -187,6 +187,10 @@ class RegisterServer:
             self._ready.set()
 
     async def _serve(self) -> None:
+        # The server side is imported here, not at the top: a box polling a controller never loads it.
+        from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+        from pymodbus.simulator import DataType, SimData, SimDevice
+
         self._loop = asyncio.get_running_loop()
         device = SimDevice(self.unit, simdata=[SimData(0, count=self.size, values=0, datatype=DataType.REGISTERS)],
                            action=self._action)
