@@ -105,6 +105,17 @@ class FuelAccount:
             self._stopped_at = now
             self._ref = None
 
+    @staticmethod
+    def _since(holds: bool, since: float | None, now: float) -> float | None:
+        """When a condition began to hold (None while it does not)."""
+        if not holds:
+            return None
+        return now if since is None else since
+
+    def _held(self, since: float | None, now: float) -> bool:
+        """A change counts once it has held for fuel_hold_s: slosh and sender noise come and go faster."""
+        return since is not None and now - since >= self.config.fuel_hold_s
+
     def _check_drop(self, now: float, state: Callable[[], dict]) -> None:
         level = self.level_l
         if self._stopped_at is None or now - self._stopped_at < self.config.fuel_settle_s:
@@ -112,12 +123,8 @@ class FuelAccount:
         if self._ref is None or level > self._ref[0]:
             self._ref = (level, now)
         drop = self._ref[0] - level
-        if drop < self.config.fuel_drop_min_l:
-            self._drop_since = None
-            return
-        if self._drop_since is None:
-            self._drop_since = now
-        if now - self._drop_since >= self.config.fuel_hold_s:
+        self._drop_since = self._since(drop >= self.config.fuel_drop_min_l, self._drop_since, now)
+        if self._held(self._drop_since, now):
             self._alarm(FUEL_DROP, True, state=state(), litres=round(drop, 1), from_l=self._ref[0], to_l=level,
                         window_s=round(now - self._ref[1]))
 
@@ -128,12 +135,8 @@ class FuelAccount:
             self._rise_since = None
             return
         added = level - self._low
-        if added < self.config.refuel_min_l:
-            self._rise_since = None
-            return
-        if self._rise_since is None:
-            self._rise_since = now
-        if now - self._rise_since >= self.config.fuel_hold_s:
+        self._rise_since = self._since(added >= self.config.refuel_min_l, self._rise_since, now)
+        if self._held(self._rise_since, now):
             self._event("refuelled", litres=round(added, 1), fuel_l=level)
             self._low = level
             self._rise_since = None
