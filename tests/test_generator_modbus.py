@@ -45,12 +45,20 @@ class Controller:
             self.server.start()
             table.update(device=self.pty.client_path, baud=19200, parity="N")
         self.config = build(GeneratorDriver.Config, table, where="generator", base_dir=tmp_path, file="test.toml")
+        self.tmp_path = tmp_path
+        self.now = 1000.0
+        self.restart(stop=False)
+
+    def restart(self, stop: bool = True) -> Controller:
+        """A new driver on the same state dir, as after the agent restarted."""
+        if stop:
+            self.driver.stop()
         self.bus = Bus()
-        self.ctx = DriverContext("generator", bus=self.bus, clock=Clock(lambda: False), state_dir=tmp_path,
+        self.ctx = DriverContext("generator", bus=self.bus, clock=Clock(lambda: False), state_dir=self.tmp_path,
                                  simulate=False)
         self.driver = GeneratorDriver(self.config, self.ctx)
         self.items: list[Any] = []
-        self.now = 1000.0
+        return self
 
     def open(self) -> Controller:
         self.driver.open()
@@ -147,6 +155,19 @@ def test_electrical_trip_is_an_alarm_and_fail_to_start_has_its_own_name(controll
     c.genset.alarms = {"earth_fault_trip": "trip", "fail_to_start": "alarm"}
     c.poll()
     assert sorted(c.alarms()) == [("fail_to_start", "alarm"), ("generator_fault:earth_fault_trip", "alarm")]
+    assert c.state()["faults"] == ["earth_fault_trip", "fail_to_start"]
+    c.genset.alarms = {}
+    c.poll()
+    assert sorted(a for a, _ in c.alarms("alarm_cleared")) == ["fail_to_start", "generator_fault:earth_fault_trip"]
+
+
+@pytest.mark.parametrize("kind", ["dse", "comap"])
+def test_the_controllers_fuel_level_raises_and_clears_fuel_low_with_hysteresis(controller, kind):
+    c = controller(kind, fuel_low_pct=20.0, fuel_low_clear_pct=25.0).open()
+    for pct in (30, 19, 22, 19, 24, 26, 21):
+        c.genset.fuel_pct = pct
+        c.poll()
+    assert c.alarms() == [("fuel_low", "warning")] and c.alarms("alarm_cleared") == [("fuel_low", "info")]
 
 
 def test_a_start_that_never_runs_raises_fail_to_start(controller):
@@ -160,6 +181,32 @@ def test_a_start_that_never_runs_raises_fail_to_start(controller):
     c.genset.state, c.genset.rpm = "running", 1500
     c.poll()
     assert c.alarms("alarm_cleared") == [("fail_to_start", "info")]
+
+
+def test_alarms_across_a_restart_are_raised_once_and_cleared_when_gone(controller):
+    c = controller("dse").open()
+    c.genset.alarms = {"low_oil_pressure": "alarm", "battery_low_voltage": "warning"}
+    c.genset.rpm = 1500
+    c.poll()
+    assert len(c.alarms()) == 2
+    c.genset.alarms = {"low_oil_pressure": "alarm"}  # the battery recovered while the agent was down
+    c.genset.rpm = 0  # and the set stopped
+    c.restart().open()
+    state = c.poll()
+    assert c.alarms() == [] and c.alarms("alarm_cleared") == [("generator_fault:battery_low_voltage", "info")]
+    assert state["alarms"] == ["generator_fault:low_oil_pressure"]
+    assert [(e.kind, e.details) for e in c.events() if e.kind.startswith("generator_")] == \
+        [("generator_stopped", {"at_start": True, "run_s": None})]
+
+
+def test_a_controller_absent_at_start_is_lost_after_lost_after_polls(controller):
+    c = controller("comap", lost_after=2).open()
+    c.server.silent = True
+    c.poll()
+    assert c.alarms() == []
+    c.poll()
+    assert c.alarms() == [("controller_lost", "alarm")]
+    assert c.state()["running"] is None and c.state()["faults"] is None
 
 
 @pytest.mark.parametrize("transport", ["tcp", "rtu"])
