@@ -224,6 +224,7 @@ def test_a_controller_that_vanishes_is_lost_with_null_readings_and_backoff_then_
     c.poll()
     c.poll()
     assert ("controller_lost", "alarm") in c.alarms()
+    assert c.driver.status()["link"] == "lost"  # `boxtel status` marks the generator FAIL
     delays = [c.driver.next_poll_s()]
     for _ in range(4):
         c.poll()
@@ -237,7 +238,7 @@ def test_a_controller_that_vanishes_is_lost_with_null_readings_and_backoff_then_
     state = c.poll()
     assert state["rpm"] == 1500 and state["fuel_pct"] == 70
     assert c.alarms("alarm_cleared") == [("controller_lost", "info")]
-    assert c.driver.next_poll_s() == 5.0
+    assert c.driver.next_poll_s() == 5.0 and c.driver.status()["link"] == "connected"
     assert c.server.writes == 0
 
 
@@ -397,3 +398,14 @@ def test_the_modbus_demo_scenario_shows_every_event_and_alarm_once(make_config, 
     assert severities == {"fuel_drop_while_stopped": "alarm", "generator_fault:low_oil_pressure": "alarm",
                           "generator_fault:battery_low_voltage": "warning"}
     assert {"generator_started", "generator_stopped"} <= {e["kind"] for e in seen}
+
+
+def test_a_serial_port_claimed_by_the_gps_and_the_controller_is_refused(tmp_path, make_config):
+    from agent import config as config_module
+
+    port = tmp_path / "ttyUSB0"
+    port.touch()
+    path = make_config(extra={"gps": {"port": str(port)},
+                              "generator": {"source": "modbus", "controller": "dse", "device": str(port)}})
+    with pytest.raises(ConfigError, match=r"generator.device: serial port .*ttyUSB0 is already used by gps.port"):
+        config_module.load(path)

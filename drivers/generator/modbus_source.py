@@ -226,6 +226,11 @@ class ModbusGenerator(GeneratorDriver):
         return fields
 
     def status(self) -> dict[str, Any]:
-        link = self.link.where() if self.link is not None else None
-        return {**super().status(), "controller": self.config.controller, "link": link,
+        # `link` as `boxtel status` reads it for any driver: "connected" or what is wrong
+        if self.reading is not None:
+            link = "connected"
+        else:
+            link = "lost" if self.failures >= self.config.lost_after else ("not answering" if self.failures else "connecting")
+        return {**super().status(), "link": link, "controller": self.config.controller,
+                "port": self.link.where() if self.link is not None else None,
                 "failed_polls": self.failures, "modbus_errors": dict(self.counts)}
