@@ -46,12 +46,17 @@ def default_rate_config(folder, port: int) -> str:
             required = _required_keys(driver_class(section).Config)
             tables = demo[section]
             if isinstance(tables, list):
-                data[section] = [{k: v for k, v in t.items() if k in required} for t in tables]
+                data[section] = [_wiring(t, required) for t in tables]
             else:
-                data[section] = {k: v for k, v in tables.items() if k in required}
+                data[section] = _wiring(tables, required)
     path = folder / "bench.toml"
     path.write_text(toml_dumps(data))
     return str(path)
+
+
+def _wiring(table: dict, required: set[str]) -> dict:
+    """The required keys, and inputs (a table with a pin) a source needs (the generator's `running`)."""
+    return {k: v for k, v in table.items() if k in required or (isinstance(v, dict) and "pin" in v)}
 
 
 def _required_keys(cls) -> set[str]:
@@ -75,6 +80,7 @@ def main() -> int:
             subprocess.run(["sleep", "5"], check=True)
             windows = [measure_process(agent.pid, seconds), measure_process(agent.pid, seconds)]
             base_figures = measure_process(baseline.pid, min(seconds, 20.0))
+            died = agent.poll()
         finally:
             for process in (agent, baseline):
                 process.send_signal(signal.SIGTERM)
@@ -82,6 +88,9 @@ def main() -> int:
                     process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     process.kill()
+    if died is not None:  # a dead agent measures 0 MB: never a pass
+        print(f"FAIL: the agent exited ({died}) during the run; see {folder / 'agent.log'}")
+        return 1
     peak_rss = max(w["peak_rss_mb"] for w in windows)
     worst_cpu = max(w["cpu_pct"] for w in windows)
     rss_ok = peak_rss <= RSS_TARGET_MB

@@ -18,6 +18,8 @@ from typing import Any
 from drivers.base import Driver
 from drivers.generator.config import GeneratorConfig
 
+FAIL_TO_START = "fail_to_start"  # raised by either source: the controller's own alarm, or a start that never ran
+
 
 class GeneratorDriver(Driver):
     section = "generator"

@@ -30,6 +30,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from drivers.generator import FAIL_TO_START
+
 DSE_CONDITIONS = {2: "warning", 3: "alarm", 4: "alarm", 5: "alarm", 10: "warning"}  # warning, shutdown,
 # electrical trip, controlled shutdown, active indication; 0/1 disabled/inactive, 8/9 inactive indication,
 # 15 unimplemented -- every other code is nonsense and counted as such.
@@ -69,7 +71,6 @@ _COMAP_RUNNING = {"running", "loaded", "unloading", "cooling", "soft_load"}
 COMAP_CLASSES = {"wrn": "warning", "sd": "alarm", "boc": "alarm", "stp": "alarm", "fls": "warning"}
 COMAP_RECORD = 27
 COMAP_MAX_ALARMS = 16  # the alarm list holds 16 lines
-FAIL_TO_START = "fail_to_start"  # the controller's own; also raised by the fuel accounting's start watch
 
 # Physical ranges: outside them a value is a fault of the reply, not a reading.
 RANGES = {

@@ -10,9 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from drivers.generator import GeneratorDriver
+from drivers.generator import FAIL_TO_START, GeneratorDriver
 from drivers.generator.config import GeneratorConfig
-from drivers.generator.controllers import FAIL_TO_START
 from drivers.generator.fuel import FUEL_DROP, FuelAccount
 from drivers.gpio import AnalogInput, GpioDriver, adc_claims, input_claims
 

@@ -16,9 +16,9 @@ import threading
 import time
 from typing import Any
 
-from drivers.generator import GeneratorDriver
+from drivers.generator import FAIL_TO_START, GeneratorDriver
 from drivers.generator.config import GeneratorConfig
-from drivers.generator.controllers import FAIL_TO_START, ControllerReading, as_fields, controller
+from drivers.generator.controllers import ControllerReading, as_fields, controller
 from drivers.generator.fuel import FUEL_DROP, FuelAccount
 
 CONTROLLER_LOST = "controller_lost"
