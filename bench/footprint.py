@@ -45,18 +45,19 @@ def default_rate_config(folder, port: int) -> str:
         if section in demo:
             required = _required_keys(driver_class(section).Config)
             tables = demo[section]
+            required |= _REQUIRED_BY_SOURCE.get(section, set())
             if isinstance(tables, list):
-                data[section] = [_wiring(t, required) for t in tables]
+                data[section] = [{k: v for k, v in t.items() if k in required} for t in tables]
             else:
-                data[section] = _wiring(tables, required)
+                data[section] = {k: v for k, v in tables.items() if k in required}
     path = folder / "bench.toml"
     path.write_text(toml_dumps(data))
     return str(path)
 
 
-def _wiring(table: dict, required: set[str]) -> dict:
-    """The required keys, and inputs (a table with a pin) a source needs (the generator's `running`)."""
-    return {k: v for k, v in table.items() if k in required or (isinstance(v, dict) and "pin" in v)}
+# Keys a section's validate() requires for its default source, though the schema gives them a default
+# (the generator's `running` is required with source = "gpio" only).
+_REQUIRED_BY_SOURCE = {"generator": {"running"}}
 
 
 def _required_keys(cls) -> set[str]:
