@@ -147,7 +147,6 @@ def _per_cycle(cycles: int, work) -> tuple[float, float]:
 def _footprint() -> int:
     """The agent polling a controller in another process (no simulation in the agent) against the same
     agent without a generator, in the same run: what configuring a Modbus generator costs a box."""
-
     from agent.devbroker import Broker
     from tests.support import toml_dumps
 
