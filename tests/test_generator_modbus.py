@@ -409,3 +409,18 @@ def test_a_serial_port_claimed_by_the_gps_and_the_controller_is_refused(tmp_path
                               "generator": {"source": "modbus", "controller": "dse", "device": str(port)}})
     with pytest.raises(ConfigError, match=r"generator.device: serial port .*ttyUSB0 is already used by gps.port"):
         config_module.load(path)
+
+
+def test_an_rs485_adapter_that_is_unplugged_counts_connect_errors_and_is_lost(tmp_path):
+    config = build(GeneratorDriver.Config, {"source": "modbus", "controller": "dse", "device": str(tmp_path / "gone"),
+                                            "lost_after": 2}, where="generator", base_dir=tmp_path, file="t.toml")
+    bus = Bus()
+    ctx = DriverContext("generator", bus=bus, clock=Clock(lambda: False), state_dir=tmp_path, simulate=False)
+    driver = GeneratorDriver(config, ctx)
+    driver.open()
+    driver.poll(10.0)
+    driver.poll(20.0)
+    raised = [i.details["alarm"] for i in iter(bus.get_nowait, None) if isinstance(i, Event) and i.kind == "alarm_raised"]
+    assert raised == ["controller_lost"]
+    assert driver.health()["generator_modbus_connect"] == 2 and "gone" in ctx.last_error
+    driver.stop()
