@@ -332,6 +332,7 @@ BAD_CONFIGS = [
     ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "poll_s": 0.5}, "generator.timeout_s"),
     ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "tank_litres": 0},
      "generator.tank_litres"),
+    ({"running": {"pin": 17}, "tank_litres": 500}, "generator.tank_litres: needs a fuel sender"),
 ]
 
 

@@ -84,6 +84,8 @@ class GeneratorConfig(GpioDriverSettings):
     def _validate_gpio(self) -> None:
         if self.running is None:
             raise SettingError("running", "missing required key")
+        if self.tank_litres is not None and self.fuel is None:  # a theft watch with nothing to watch
+            raise SettingError("tank_litres", "needs a fuel sender (fuel = { chip, channel, ... }) to account for")
 
     def _validate_modbus(self) -> None:
         for key in _GPIO_KEYS:
