@@ -18,6 +18,8 @@ _FAULT_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 _HOST = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
 BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 _GPIO_KEYS = ("running", "faults", "fuel", "cranking")
+_FIELDS = ("fuel_pct", "run_hours", "fuel_l", "fuel_lph", "hours_to_empty", "battery_v", "rpm", "load_kw", "oil_kpa",
+           "coolant_c")  # the numeric fields of the payload, the keys a deadband may name
 
 
 @dataclass(kw_only=True)
@@ -67,7 +69,7 @@ class GeneratorConfig(GpioDriverSettings):
     deadband: dict[str, float] = setting(
         {"fuel_pct": 2.0, "run_hours": 0.1, "fuel_l": 5.0, "fuel_lph": 0.5, "hours_to_empty": 0.5,
          "battery_v": 0.2, "rpm": 50.0, "load_kw": 0.5, "oil_kpa": 20.0, "coolant_c": 2.0},
-        min=0.0, max=1e6, doc="per field: a smaller change is no change")
+        min=0.0, inf_ok=True, keys=_FIELDS, doc="per field: a smaller change is no change (inf: never re-sent for it)")
 
     def validate(self) -> None:
         GpioDriverSettings.validate(self)
@@ -98,8 +100,6 @@ class GeneratorConfig(GpioDriverSettings):
                 raise SettingError("device", "missing required key (transport = \"rtu\"): the serial port")
             if self.host:
                 raise SettingError("host", 'only applies with transport = "tcp"')
-            if any(ord(c) < 0x20 for c in self.device):
-                raise SettingError("device", "must not contain control characters")
         else:
             if not _HOST.match(self.host):
                 raise SettingError("host", "missing or invalid (transport = \"tcp\"): a host name or address")
