@@ -320,27 +320,7 @@ def test_consumption_and_noise_raise_nothing_and_give_litres_per_hour(controller
 
 
 # -- config and footprint --------------------------------------------------------------------------
-BAD_CONFIGS = [
-    ({"source": "modbus", "transport": "tcp", "host": "10.0.0.5"}, "generator.controller: missing required key"),
-    ({"source": "modbus", "controller": "dse"}, "generator.device: missing required key"),
-    ({"source": "modbus", "controller": "dse", "transport": "tcp"}, "generator.host: missing or invalid"),
-    ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "running": {"pin": 17}},
-     'generator.running: only applies with source = "gpio"'),
-    ({"source": "modbus", "controller": "woodward", "device": "/dev/ttyUSB0"}, "generator.controller: expected one of"),
-    ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "baud": 9601}, "generator.baud"),
-    ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "unit": 248}, "generator.unit"),
-    ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "poll_s": 0.5}, "generator.timeout_s"),
-    ({"source": "modbus", "controller": "dse", "device": "/dev/ttyUSB0", "tank_litres": 0},
-     "generator.tank_litres"),
-    ({"running": {"pin": 17}, "tank_litres": 500}, "generator.tank_litres: needs a fuel sender"),
-]
-
-
-@pytest.mark.parametrize("table,message", BAD_CONFIGS)
-def test_bad_modbus_configs_are_refused_with_the_key(tmp_path, table, message):
-    with pytest.raises(ConfigError) as err:
-        build(GeneratorDriver.Config, table, where="generator", base_dir=tmp_path, file="agent.toml")
-    assert message in str(err.value)
+# Configs the Modbus source refuses: tests/data/config_refused/generator_*.toml (walked by test_config).
 
 
 def test_a_box_without_modbus_never_imports_pymodbus():
