@@ -243,11 +243,16 @@ def test_a_controller_that_vanishes_is_lost_with_null_readings_and_backoff_then_
 
 
 def test_a_garbled_rtu_reply_is_counted_as_a_crc_error(controller):
-    c = controller("dse", "rtu").open()
+    c = controller("dse", "rtu", lost_after=3).open()
     c.pty.garble = True
     assert c.poll()["rpm"] is None
     assert c.driver.health()["generator_modbus_crc"] == 1
     assert c.poll()["rpm"] == 0  # the next reply is clean
+    for _ in range(4):  # a noisy pair: every reply garbled
+        c.pty.garble = True
+        c.poll()
+    assert c.driver.health()["generator_modbus_crc"] == 5 and ("controller_lost", "alarm") in c.alarms()
+    assert c.poll()["rpm"] == 0 and c.alarms("alarm_cleared") == [("controller_lost", "info")]
 
 
 def test_a_read_the_controller_refuses_is_counted_as_an_exception(controller):
