@@ -380,7 +380,8 @@ def test_every_refused_case_has_its_line():
 # that the walk below reaches every float key (a section not listed here must load from `{}`).
 MINIMAL: dict[str, Any] = {
     "box": {"id": "pib-001"},
-    "generator": {"running": {"pin": 17}, "faults": {"low_oil": {"pin": 27}}, "fuel": {"channel": 0}},
+    "generator": {"running": {"pin": 17}, "faults": {"low_oil": {"pin": 27}}, "fuel": {"channel": 0},
+                  "cranking": {"pin": 24}},
     "water": {"tank": {"channel": 1}, "float_low": {"pin": 5}, "float_high": {"pin": 6}, "flow": {"pin": 13},
               "pump": {"pin": 19}, "leak": {"pin": 26}},
     "locker": [{"name": "armory-1", "door": {"pin": 23}}],

@@ -237,7 +237,9 @@ def check_gpio(ctx: Context) -> list[Result]:
     if ctx.config is None:
         return []
     name = ctx.config.gpio.pin_factory
-    inputs = [s for s in _GPIO_SECTIONS if ctx.config.driver_configs(s)]
+    # a generator read over Modbus has no GPIO inputs
+    inputs = [s for s in _GPIO_SECTIONS
+              if any(getattr(c, "source", "gpio") == "gpio" for c in ctx.config.driver_configs(s))]
     if ctx.config.simulate or name == "mock":
         return [Result(OK, "gpio", "gpiozero MockFactory (simulated pins)")]
     if not inputs and not name:
