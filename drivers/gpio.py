@@ -144,9 +144,9 @@ def _make_factory(name: str) -> Any:
     from gpiozero import Device
 
     if name == "mock":
-        from gpiozero.pins.mock import MockFactory
+        from drivers.gpio_sim import mock_factory
 
-        return MockFactory()
+        return mock_factory()
     if name == "":
         return Device._default_pin_factory()  # gpiozero's own preference order (lgpio first)
     from importlib.metadata import entry_points

@@ -257,6 +257,14 @@ def _forget_adcs(factory: Any) -> None:
         _adcs.pop(key).close()
 
 
+def mock_factory() -> Any:
+    """gpiozero's MockFactory, with SPI on the hardware pins answered as a Pi's kernel SPI driver does:
+    one transfer per transaction. gpiozero's MCP3008/MCP3208 code runs unchanged; only the wire below it
+    differs. (gpiozero's own mock SPI bit-bangs every clock edge through mock pins: 0.2 ms of CPU per
+    reading, which a supervised loop sampled at 20 Hz would make the simulation's largest cost.)"""
+    return _mock_factory_class()()
+
+
 def reset_mock_hardware(factory: Any) -> None:
     """Fresh pins and no mock chips (between tests)."""
     _forget_adcs(factory)
@@ -291,4 +299,67 @@ def _mock_adc_class() -> type:
                 self.tx_word(raw, self.bits + 2)
                 self.phase = "result"
 
+        def exchange(self, words: list[int]) -> list[int]:
+            """One whole transaction (kernel SPI): the request's start bit, single/differential bit and
+            channel bits are followed by the result, which fills the last bits of the reply."""
+            request = int.from_bytes(bytes(words), "big")
+            level = self.levels.get((request >> (self.bits + 2)) & 7)
+            raw = 0 if level is None else max(0, min(2**self.bits - 1, level()))
+            return list(raw.to_bytes(len(words), "big"))
+
     return MockMcp3xxx
+
+
+@functools.cache
+def _mock_factory_class() -> type:
+    from gpiozero.devices import SharedMixin
+    from gpiozero.pins import SPI
+    from gpiozero.pins.mock import MockFactory
+    from gpiozero.pins.pi import spi_port_device
+
+    class MockKernelSPI(SPI):
+        """Hardware SPI (GPIO 8-11) on mock pins: the pins are reserved as the kernel's driver holds
+        them, and each transfer is handed whole to the mock chip on that chip select."""
+
+        def __init__(self, clock_pin, mosi_pin, miso_pin, select_pin, pin_factory):
+            self._port, self._device = spi_port_device(clock_pin, mosi_pin, miso_pin, select_pin)
+            self._open = False
+            super().__init__(pin_factory=pin_factory)
+            self.pin_factory.reserve_pins(self, clock_pin, mosi_pin, miso_pin, select_pin)
+            self._open = True
+
+        def _conflicts_with(self, other: Any) -> bool:
+            return not (isinstance(other, MockKernelSPI) and
+                        (self._port, self._device) != (other._port, other._device))
+
+        def close(self) -> None:
+            # Once only: gpiozero closes devices again from __del__, and a garbage collection inside
+            # the factory's reservation lock must not take that lock again (it deadlocks).
+            if self._open:
+                self._open = False
+                self.pin_factory.release_all(self)
+            super().close()
+
+        @property
+        def closed(self) -> bool:
+            return not self._open
+
+        def _get_clock_mode(self) -> int:
+            return 0
+
+        def transfer(self, data: list[int]) -> list[int]:
+            chip = _adcs.get((id(self.pin_factory), self._port, self._device))
+            return [0] * len(data) if chip is None else chip.exchange(data)
+
+    class MockKernelSPIShared(SharedMixin, MockKernelSPI):
+        @classmethod
+        def _shared_key(cls, clock_pin, mosi_pin, miso_pin, select_pin, pin_factory):
+            return (clock_pin, select_pin)
+
+    class SimFactory(MockFactory):
+        def _get_spi_class(self, shared: bool, hardware: bool) -> type:
+            if hardware:
+                return MockKernelSPIShared if shared else MockKernelSPI
+            return super()._get_spi_class(shared, hardware)
+
+    return SimFactory
