@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from drivers.gpio import ADC_CHIPS, AdcConfig, InputConfig, pin_factory
+from drivers.gpio import ADC_CHIPS, AdcChannel, AdcConfig, InputConfig, pin_factory
 from drivers.simulator import Simulator
 
 CYCLE_S = 120.0
@@ -174,13 +174,19 @@ class WaterSimulator(GpioScenario):
 
 class LockerSimulator(GpioScenario):
     """The first locker: a short visit at 5 s, then left open too long from 18 s. Each other locker: one
-    visit, a few seconds apart. The last locker's switch wire works loose for two seconds at 50 s."""
+    visit, a few seconds apart. The last locker on a pin has its switch wire work loose for two seconds
+    at 50 s. A locker on a supervised loop plays `LOOP_SCENARIO` (each further one 2 s later)."""
 
     def inputs(self, config: Any) -> list[InputConfig | None]:
-        return [config.door]
+        door = config.door if isinstance(config.door, InputConfig) else None
+        return [door, config.arm_switch]
 
     def script(self, config: Any) -> None:
-        index = self.configs.index(config)
+        if not isinstance(config.door, InputConfig):
+            self._loop(config.door, 2.0 * self._loops().index(config))
+            return
+        plain = [c for c in self.configs if c not in self._loops()]
+        index = plain.index(config)
         if index == 0:
             self.set_input(5.0, config.door, True)
             self.set_input(12.0, config.door, False)
@@ -190,8 +196,28 @@ class LockerSimulator(GpioScenario):
         else:
             self.set_input(5.0 + 3.0 * index, config.door, True)
             self.set_input(12.0 + 3.0 * index, config.door, False)
-        if index == len(self.configs) - 1:
+        if index == len(plain) - 1:
             self.at(50.0, lambda: self._chatter(config.door, seconds=2.0))
+
+    def _loops(self) -> list[Any]:
+        return [c for c in self.configs if not isinstance(c.door, InputConfig)]
+
+    def _loop(self, loop: Any, offset_s: float) -> None:
+        """The loop reads what its resistors give in each state of `LOOP_SCENARIO`, with a few counts of
+        noise (inside the hysteresis: no event of its own)."""
+        plan = loop.plan
+        levels = {state: (low + high) // 2 for state, (low, high) in zip(plan.states, plan.expected, strict=True)}
+        levels["cut"] = loop.top
+        chip = mock_adc(self.factory, loop)
+        samples = [0]
+
+        def raw() -> int:
+            t = (self.elapsed() - offset_s) % CYCLE_S
+            state = next(state for start, state in reversed(LOOP_SCENARIO) if t >= start)
+            samples[0] += 1
+            return levels.get(state, levels["closed"]) + (samples[0] % 5) - 2
+
+        chip.levels[loop.channel] = raw
 
     def _chatter(self, door: InputConfig, seconds: float) -> None:
         pin = self.factory.pin(door.pin)
@@ -205,6 +231,23 @@ class LockerSimulator(GpioScenario):
                 pin.drive_low()
             time.sleep(gap_s)
         self.drive(door, False)
+
+
+# (scenario second, what the loop does): a visit; the paper-clip attack (the pair bridged, the door opened
+# behind it, the clip taken away before the door is shut); the cable cut, then repaired.
+LOOP_SCENARIO = ((0.0, "closed"), (6.0, "open"), (10.0, "closed"), (20.0, "short"), (30.0, "open"),
+                 (34.0, "closed"), (40.0, "cut"), (46.0, "closed"))
+
+
+class TamperSimulator(GpioScenario):
+    """The enclosure is opened at 55 s and shut at 58 s."""
+
+    def inputs(self, config: Any) -> list[InputConfig | None]:
+        return [config]
+
+    def script(self, config: Any) -> None:
+        self.set_input(55.0, config, True)
+        self.set_input(58.0, config, False)
 
 
 def wire_pin(factory: Any, pin: int, *, high: bool) -> Any:
@@ -244,7 +287,7 @@ def _wired_pin_class() -> type:
 _adcs: dict[tuple[int, int, int], Any] = {}
 
 
-def mock_adc(factory: Any, config: AdcConfig) -> Any:
+def mock_adc(factory: Any, config: AdcChannel) -> Any:
     """The mock chip on `config`'s SPI bus; set `levels[channel]` to a callable returning the raw reading."""
     key = (id(factory), config.spi_port, config.spi_device)
     if key not in _adcs:
