@@ -24,6 +24,10 @@ CLOSED = "closed"
 class TamperConfig(GpioDriverSettings, InputConfig):
     """The enclosure switch: a pin, active (high) while the enclosure is open."""
 
+    def validate(self) -> None:
+        GpioDriverSettings.validate(self)
+        InputConfig.validate(self)
+
 
 class BoxTamperDriver(GpioDriver):
     section = "box.tamper"
