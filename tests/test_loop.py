@@ -304,3 +304,25 @@ def test_box_tamper_config_is_a_key_of_box(make_config):
     fine = make_config(extra={"box": {"tamper": {"pin": 5}}})
     result = boxtel("check-config", "-c", str(fine))
     assert result.returncode == 0 and "box.tamper" in result.stdout, result.stdout
+
+
+# -- boxtel doctor ---------------------------------------------------------------------------------------
+def test_doctor_reads_each_loop_through_the_agent_and_names_what_to_check(broker, make_config, mock_pins, capsys):
+    from agent.cli import main
+    from agent.config import load
+    from tests.gpio_support import agent_in_process
+
+    lockers = [{"name": "armory-3", "door": DOUBLE}, {"name": "armory-4", "door": {**DOUBLE, "channel": 3}},
+               {"name": "armory-5", "door": {**DOUBLE, "channel": 4}}]
+    config = make_config(broker, {"gpio": {"pin_factory": "mock"}, "locker": lockers})
+    doors = [locker.door for locker in load(config).driver_configs("locker")]
+    chip = mock_adc(mock_pins, doors[0])
+    chip.levels.update({2: lambda: 512, 3: lambda: 2, 4: lambda: 470})  # sound; bridged; a drifted resistor
+    with agent_in_process(config):
+        code = main(["doctor", "-c", str(config)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if " door loop: " in line]
+    assert lines[0].startswith("OK   door loop: locker armory-3: MCP3008 channel 2 reads 512: closed")
+    assert lines[1].startswith("FAIL door loop: locker armory-4: MCP3008 channel 3 reads 2: short")
+    assert "r_eol_ohm (4700 Ω) must sit at the door contact" in lines[1]
+    assert lines[2].startswith("WARN door loop: locker armory-5") and "check r_eol_ohm (4700 Ω)" in lines[2]
+    assert code == 2
