@@ -174,9 +174,7 @@ class SupervisedLoop:
         self.raw: int | None = None
         self._pending = -1
         self._pending_since = 0.0
-        now = time.monotonic()
-        self.next_due = now
-        self.sampled_at = now
+        self.sampled_at = time.monotonic()
         # The state at start comes from the loop, never from memory (and without waiting to settle).
         raw = self._read()
         self._state = self._fault if raw is None else self.plan.classify(raw)
@@ -244,16 +242,21 @@ class SupervisedLoop:
 
 
 class LoopSampler:
-    """The one thread that samples every supervised loop of the process, each at its own rate.
+    """The one thread that samples every supervised loop of the process.
 
-    Started by the first locker that has a loop (through its `start_thread`); every other locker with a
-    loop lists the same thread among its own, so the watchdog sees it die whichever driver it asks."""
+    All loops share one wake-up per tick (the fastest loop's period; a slower loop is sampled every
+    n-th tick, never below its rate): on a Pi each wake-up of a thread costs more CPU than the SPI
+    transaction it makes. Started by the first locker that has a loop (through its `start_thread`);
+    every other locker with a loop lists the same thread among its own, so the watchdog sees it die
+    whichever driver it asks."""
 
     _lock = threading.Lock()
     _current: LoopSampler | None = None
 
     def __init__(self) -> None:
-        self.loops: tuple[SupervisedLoop, ...] = ()  # replaced, never changed in place: read without a lock
+        # (loop, every n-th tick): replaced, never changed in place, so the thread reads it without a lock
+        self.loops: tuple[tuple[SupervisedLoop, int], ...] = ()
+        self.tick_s = 1.0
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
 
@@ -263,19 +266,19 @@ class LoopSampler:
             sampler = cls._current
             if sampler is None or sampler.thread is None or not sampler.thread.is_alive():
                 sampler = cls._current = LoopSampler()
-                sampler.loops = (loop,)
+                sampler._plan((loop,))
                 sampler.thread = driver.start_thread(sampler.run)
             else:
-                sampler.loops = (*sampler.loops, loop)
+                sampler._plan((*(other for other, _ in sampler.loops), loop))
                 driver.threads.append(sampler.thread)
 
     @classmethod
     def detach(cls, loop: SupervisedLoop) -> None:
         with cls._lock:
             sampler = cls._current
-            if sampler is None or loop not in sampler.loops:
+            if sampler is None or all(other is not loop for other, _ in sampler.loops):
                 return
-            sampler.loops = tuple(other for other in sampler.loops if other is not loop)
+            sampler._plan(tuple(other for other, _ in sampler.loops if other is not loop))
             if sampler.loops:
                 return
             cls._current = None
@@ -283,19 +286,25 @@ class LoopSampler:
         if sampler.thread is not threading.current_thread():
             sampler.thread.join(timeout=2.0)
 
+    def _plan(self, loops: tuple[SupervisedLoop, ...]) -> None:
+        tick_s = min((loop.period_s for loop in loops), default=1.0)
+        self.loops = tuple((loop, max(1, math.floor(loop.period_s / tick_s + 1e-9))) for loop in loops)
+        self.tick_s = tick_s
+
     def run(self) -> None:
+        tick = 0
+        next_at = time.monotonic()
         while not self.stop.is_set():
             now = time.monotonic()
-            wake_at = now + 1.0
-            for loop in self.loops:
-                if now >= loop.next_due:
+            for loop, every in self.loops:
+                if tick % every == 0:
                     try:
                         loop.sample(now)
                     except Exception as err:  # noqa: BLE001 - one loop's bug must not stop the others
                         loop._on_error("loop_failed", f"{loop.label}: {err!r}")
-                    loop.next_due += loop.period_s
-                    if loop.next_due <= now:  # late (a loaded box): skip, never catch up in a burst
-                        loop.next_due = now + loop.period_s
-                if loop.next_due < wake_at:
-                    wake_at = loop.next_due
-            self.stop.wait(max(0.0, wake_at - time.monotonic()))
+            tick += 1
+            next_at += self.tick_s
+            if next_at <= now:  # late (a loaded box): skip, never catch up in a burst
+                next_at = now + self.tick_s
+            # time.sleep, not Event.wait: cheaper per wake-up; stop() waits at most one tick for it.
+            time.sleep(next_at - time.monotonic() if next_at > time.monotonic() else 0.0)

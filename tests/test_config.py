@@ -203,7 +203,8 @@ def test_example_config_documents_every_key():
     schemas = {**config_module.CORE_SECTIONS, **{name: driver_class(name).Config for name in REGISTRY}}
     missing = []
     for section, cls in schemas.items():
-        tables = raw.get(section)
+        parent, _, key = section.partition(".")  # "box.tamper": a driver's key of a core section
+        tables = raw.get(parent, {}).get(key) if key else raw.get(section)
         assert tables is not None, f"agent.example.toml has no [{section}] section"
         for table in tables if isinstance(tables, list) else [tables]:
             missing += [f"{section}.{f}" for f in cls.__dataclass_fields__ if f not in table]
