@@ -207,17 +207,19 @@ class LockerSimulator(GpioScenario):
         noise (inside the hysteresis: no event of its own)."""
         plan = loop.plan
         levels = {state: (low + high) // 2 for state, (low, high) in zip(plan.states, plan.expected, strict=True)}
-        levels["cut"] = loop.top
-        chip = mock_adc(self.factory, loop)
-        samples = [0]
+        levels.setdefault("cut", loop.top)
+        level = [levels["closed"], 0]  # the reading now (set by the scenario's steps), a sample count
 
-        def raw() -> int:
-            t = (self.elapsed() - offset_s) % CYCLE_S
-            state = next(state for start, state in reversed(LOOP_SCENARIO) if t >= start)
-            samples[0] += 1
-            return levels.get(state, levels["closed"]) + (samples[0] % 5) - 2
+        def set_level(state: str) -> None:
+            level[0] = levels.get(state, levels["closed"])  # single EOL: a cut reads as open
 
-        chip.levels[loop.channel] = raw
+        def raw() -> int:  # per sample: kept cheap, the bench measures the simulation too
+            level[1] += 1
+            return level[0] + level[1] % 5 - 2
+
+        for start, state in LOOP_SCENARIO:
+            self.at(start + offset_s, functools.partial(set_level, state))
+        mock_adc(self.factory, loop).levels[loop.channel] = raw
 
     def _chatter(self, door: InputConfig, seconds: float) -> None:
         pin = self.factory.pin(door.pin)
