@@ -231,6 +231,19 @@ def test_pins_row_shows_raw_band_and_state(tmp_path, mock_pins):
                                       "band": "244-599 (expected 486-538)"}]
 
 
+def test_pins_table_gets_a_band_column_only_with_a_loop(tmp_path, mock_pins):
+    from agent.commands.pins import render
+
+    loop = Loop(tmp_path, mock_pins).open()
+    plain = {"input": "locker/armory-1 door", "pin": 23, "raw": 0, "state": "closed", "edges_per_s": 0.0}
+    assert render([plain]).splitlines()[0].split() == ["INPUT", "PIN", "RAW", "STATE", "EDGES/S"]
+    table = render([*loop.rig.driver.pins(), plain]).splitlines()
+    assert table[0].split() == ["INPUT", "PIN", "RAW", "STATE", "BAND", "EDGES/S"]
+    assert table[1].split() == ["locker/armory-3", "door", "MCP3008", "ch2", "512", "closed", "244-599",
+                                "(expected", "486-538)", "-"]
+    assert table[2].split() == ["locker/armory-1", "door", "23", "0", "closed", "-", "0.0"]
+
+
 # -- the sampler thread ----------------------------------------------------------------------------------
 def test_one_sampler_thread_for_every_loop_watched_by_each_locker(tmp_path, mock_pins):
     first = Loop(tmp_path / "a", mock_pins, raw=512)
