@@ -65,7 +65,13 @@ class LoopConfig(AdcChannel):
         for key in ("r_eol_ohm", "r_alarm_ohm", "r_pullup_ohm", "tolerance_pct", "sample_hz", "settle_ms"):
             if not math.isfinite(getattr(self, key)):
                 raise SettingError(key, "must be a finite number")
-        self.plan = LoopBands.from_config(self)
+        self._plan = LoopBands.from_config(self)  # refused here, at config time, if the bands are unsound
+
+    @property
+    def plan(self) -> LoopBands:
+        if getattr(self, "_plan", None) is None:
+            self._plan = LoopBands.from_config(self)
+        return self._plan
 
 
 class LoopBands:

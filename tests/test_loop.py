@@ -262,6 +262,13 @@ def test_one_sampler_thread_for_every_loop_watched_by_each_locker(tmp_path, mock
     assert "not running" in first.rig.driver.alive() and "not running" in second.driver.alive()
 
 
+def test_a_loop_no_longer_sampled_tells_the_watchdog(tmp_path, mock_pins):
+    loop = Loop(tmp_path, mock_pins).open()
+    assert loop.rig.driver.alive() is None
+    loop.rig.driver.loop.sampled_at -= 31.0  # a sampler stuck in an SPI transfer
+    assert "supervised loop was not sampled for 31 s" in loop.rig.driver.alive()
+
+
 # -- the arm switch ----------------------------------------------------------------------------------------
 def test_the_key_switch_arms_alongside_the_schedule(tmp_path, mock_pins):
     rig = Rig(LockerDriver, {"name": "armory-1", "door": {"pin": 23, "debounce_ms": 5.0},
