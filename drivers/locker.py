@@ -35,7 +35,7 @@ class LockerConfig(GpioDriverSettings):
         doc="door contact: a reed switch { pin } (active while open), or a supervised loop on an ADC "
             "{ chip, channel, eol, r_eol_ohm, r_alarm_ohm, r_pullup_ohm } (docs/deploy.md)")
     arm_switch: InputConfig | None = setting(None, doc="key switch, active (high) while it arms the locker")
-    open_too_long_s: float = setting(300.0, min=1.0, doc="door_open_too_long is raised after the door is open this long")
+    open_too_long_s: float = setting(300.0, min=1.0, max=86400.0, doc="door_open_too_long is raised after the door is open this long")
     always_armed: bool = setting(False, doc="armed around the clock (e.g. an armory without day access)")
     armed_schedule: list[str] = setting([], doc='local-time windows when armed, e.g. ["22:00-06:00"]')
     min_interval_s: float = setting(0.0, min=0.0, max=3600.0, doc="never publish this stream more often")

@@ -90,7 +90,7 @@ def test_every_resistor_within_5_percent_reads_its_state(tmp_path, mock_pins, ch
 
 
 @pytest.mark.parametrize(("door", "expected"), [
-    ({**DOUBLE, "r_eol_ohm": float("nan")}, "locker[0].door.r_eol_ohm: must be a finite number"),
+    ({**DOUBLE, "r_eol_ohm": float("nan")}, "locker[0].door.r_eol_ohm: expected a value from 10 to 1000000, got nan"),
     ({**DOUBLE, "r_pullup_ohm": -4700}, "locker[0].door.r_pullup_ohm: expected a value from 10 to 1000000"),
     ({**DOUBLE, "r_alarm_ohm": 1e12}, "locker[0].door.r_alarm_ohm: expected a value from 10 to 1000000"),
     ({**DOUBLE, "channel": 8}, "locker[0].door.channel: expected a value from 0 to 7"),
