@@ -173,7 +173,10 @@ def driver_entities(box: Box, section: str, stream: str, config: Any = None) -> 
     if section == "water":
         return _water(stream, config)
     if section == "locker":
-        return _locker(stream)
+        return _locker(stream, config)
+    if section == "box.tamper":
+        return [binary("box_tamper", "Box tamper", stream, "'box_tamper' in (value_json.alarms | default([]))",
+                       device_class="tamper")]
     return []  # a driver this version does not know how to present
 
 
@@ -277,12 +280,16 @@ def _wired(config: Any, *inputs: str) -> bool:
     return config is None or any(getattr(config, name, None) is not None for name in inputs)
 
 
-def _locker(s: str) -> list[Entity]:
+def _locker(s: str, config: Any = None) -> list[Entity]:
     name = s.split("/", 1)[1] if "/" in s else s
     key = f"locker_{name}"
-    return [
+    entities = [
         binary(f"{key}_door", f"{name} door", s, "value_json.door == 'open'", device_class="door",
                json_attributes_template="{{ {'since': value_json.since} | tojson }}"),
         binary(f"{key}_armed", f"{name} armed", s, "value_json.armed", icon="mdi:shield-lock"),
         problem(f"{key}_alarm", f"{name} alarm", s),
     ]
+    if config is None or hasattr(config.door, "eol"):  # a supervised loop: shorted, cut or unreadable
+        entities.append(binary(f"{key}_tamper", f"{name} tamper", s, "value_json.tamper", device_class="tamper",
+                               json_attributes_template="{{ {'loop': value_json.loop} | tojson }}"))
+    return entities
