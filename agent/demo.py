@@ -2,8 +2,9 @@
 
 One line per message: states and events as `boxtel watch` shows them, health summarised, anything with
 an active alarm marked `!!` (red on a terminal), Home Assistant's discovery configs left out. `--raw`
-(`make demo RAW=1`): every MQTT message as it is, topic and JSON payload. Runs until Ctrl-C, then stops
-the agent and the broker it started (by their pids).
+(`make demo RAW=1`): every MQTT message as it is, topic and JSON payload. An argument names another
+simulation config (`make demo DEMO=config/simulate-modbus.toml`: the generator's controller over
+Modbus). Runs until Ctrl-C, then stops the agent and the broker it started (by their pids).
 """
 
 from __future__ import annotations
@@ -38,13 +39,15 @@ _ALARM_COLOUR, _RESET = "\x1b[31;1m", "\x1b[0m"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description="the agent on simulated hardware, live")
+    parser.add_argument("config", nargs="?", default=str(CONFIG), help="simulation config (default: %(default)s)")
     parser.add_argument("--raw", action="store_true", help="every MQTT message as it is (topic, JSON payload)")
     args = parser.parse_args(argv)
-    settings = tomllib.loads(CONFIG.read_text())
+    config = Path(args.config).resolve()
+    settings = tomllib.loads(config.read_text())
     port = settings["mqtt"]["port"]
     if port_in_use(port):
         print(f"demo: port {port} on 127.0.0.1 is in use (another demo still running?); "
-              f"stop it or change mqtt.port in {CONFIG}", file=sys.stderr)
+              f"stop it or change mqtt.port in {config}", file=sys.stderr)
         return 69
     WORKDIR.mkdir(exist_ok=True)
     broker = Broker(WORKDIR / "broker", port).start()
@@ -55,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     viewer = _viewer(port, raw=args.raw)
     try:
         with open(agent_log, "ab") as log:
-            agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(CONFIG)],
+            agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(config)],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         print(f"demo: mosquitto on 127.0.0.1:{port}, agent pid {agent.pid} (log: {agent_log})")
-        print(try_these(port))
+        print(try_these(port, config))
         print("demo: live messages on boxtel/#" + ("" if args.raw else " (make demo RAW=1: raw MQTT)")
               + " -- Ctrl-C to stop\n")
         while not stop.is_set() and agent.poll() is None:
@@ -84,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def try_these(port: int) -> str:
+def try_these(port: int, config_path: Path = CONFIG) -> str:
     """The commands to point at the running demo, from another terminal in the repository."""
-    config = CONFIG.relative_to(ROOT)
+    config = config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path
     return "\n".join([
         "demo: try, in another terminal here:",
         f"  .venv/bin/boxtel status -c {config}       # what the agent sees, OK / WARN / FAIL",

@@ -39,7 +39,7 @@ def example_inputs() -> dict[str, dict]:
             elif isinstance(value, dict):
                 walk(f"{path}.{key}", value)
 
-    for section in ("generator", "water"):
+    for section in ("box", "generator", "water"):
         walk(section, raw[section])
     walk("locker", raw["locker"][0])
     return found
@@ -51,6 +51,8 @@ def wiring_table() -> dict[str, dict[str, str]]:
     for line in section.splitlines():
         if line.startswith("| `"):
             cells = [c.strip() for c in line.strip("|").split("|")]
+            if not re.fullmatch(r"`[a-z_.]+`", cells[0]):
+                continue  # an alternative wiring the example config shows only as a comment
             rows[cells[0].strip("`")] = {"pin": cells[1], "pull_up": cells[3].strip("`"), "active_high": cells[4].strip("`")}
     return rows
 

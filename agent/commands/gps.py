@@ -10,11 +10,17 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Iterator
 
 from agent.errors import BoxtelError, DataError
 
 HELP = "GPS tools: decode a receiver capture"
 EX_NOINPUT = 66  # sysexits: an input file did not exist or was not readable
+READ_CHUNK = 1 << 16
+# A capture has a sentence every ~80 bytes; a binary stretch (u-blox UBX between NMEA) is far shorter.
+# Input this long without one is not NMEA: /dev/zero, a FIFO of noise, the wrong file. Stop, do not hang.
+MAX_BYTES_WITHOUT_SENTENCE = 1 << 20
+HEAD_KEPT = 1 << 18  # a receiver gives a date within seconds: far less than this of its output
 
 _COLUMNS = ("time", "fix", "lat", "lon", "alt_m", "sats", "speed_mps", "course_deg")
 _WIDTHS = (24, 4, 11, 12, 8, 4, 9, 10)
@@ -37,17 +43,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from drivers.gps import nmea
 
+    stats = nmea.new_stats()
+    head = bytearray()  # the start of the capture, where the epochs before its first date are
+
+    def chunks(handle) -> Iterator[bytes]:
+        for chunk in iter(lambda: handle.read(READ_CHUNK), b""):
+            if len(head) < HEAD_KEPT:
+                head.extend(chunk[:HEAD_KEPT - len(head)])
+            yield chunk
+
     try:
         with open(args.file, "rb") as handle:
-            data = handle.read()
+            fixes = list(nmea.decode_stream(chunks(handle), stats, max_gap_bytes=MAX_BYTES_WITHOUT_SENTENCE))
     except OSError as err:
         raise NoInputError(f"{args.file}: {err.strerror or err}") from None
-    stats = nmea.new_stats()
-    fixes = nmea.decode_capture(data, stats)
-    checked = stats[nmea.SENTENCES_OK] + stats[nmea.PROPRIETARY] + stats[nmea.UNSUPPORTED]
-    if not checked:
-        detail = f" ({stats[nmea.BAD_CHECKSUM]} with bad checksums)" if stats[nmea.BAD_CHECKSUM] else ""
-        raise DataError(f"{args.file}: no NMEA sentences{detail}")
+    except nmea.NoSentences:
+        raise DataError(f"{args.file}: no NMEA sentence in {MAX_BYTES_WITHOUT_SENTENCE // 2**20} MiB of input"
+                        f"{_bad_checksums(stats)} (not a receiver capture?)") from None
+    if not nmea.checked_count(stats):
+        raise DataError(f"{args.file}: no NMEA sentences{_bad_checksums(stats)}")
     dated = [fix for fix in fixes if fix.time is not None]
     records = _distinct([fix.record() for fix in dated])
     try:
@@ -57,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     instants = {fix.time for fix in dated}
     with_fix = len({fix.time for fix in dated if fix.fix != nmea.FIX_NONE})
-    undated = _undated_instants(data, {time[11:23] for time in instants})
+    undated = _undated_instants(bytes(head), {time[11:23] for time in instants})
     rejected = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in stats.items()
                          if count and kind != nmea.SENTENCES_OK)
     notes = [f"{_count(len(instants) + undated, 'epoch')}, {with_fix} with a fix, "
@@ -97,6 +111,12 @@ def _undated_instants(data: bytes, shown: set[str]) -> int:
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _bad_checksums(stats: dict[str, int]) -> str:
+    from drivers.gps import nmea
+
+    return f" ({stats[nmea.BAD_CHECKSUM]} with bad checksums)" if stats[nmea.BAD_CHECKSUM] else ""
 
 
 def _distinct(records: list[dict]) -> list[dict]:
