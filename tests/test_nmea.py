@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.gps.nmea import PLAUSIBLE, EpochDecoder, LineReader, decode_capture, new_stats
+from drivers.gps.nmea import PLAUSIBLE, SKY_MAX, EpochDecoder, LineReader, decode_capture, new_stats
 from drivers.gps.sim import HOME, corrupt, epoch_sentences, sentence
 
 T0 = 1_764_150_000.0  # 2025-11-26T09:40:00Z
@@ -144,6 +144,17 @@ def test_a_checksummed_position_off_the_globe_is_no_position_and_counted(positio
     dated = [f for f in fixes if f.time]
     assert dated and all((f.lat, f.lon, f.alt_m, f.fix) == (None, None, None, "none") for f in dated)
     assert stats["rejected"] >= 1  # health: gps_rejected
+
+
+def test_a_talker_sending_only_gsv_or_gsa_never_grows_the_decoder_without_end():
+    """No timed sentence ever closes the cycle: the satellite lists stay bounded by SKY_MAX."""
+    only_gsv, only_gsa = EpochDecoder(new_stats()), EpochDecoder(new_stats())
+    for n in range(5_000):
+        only_gsv.feed(sentence(f"GPGSV,3,{n % 2 + 1},12,{n % 99 + 1:02d},40,083,46,{n % 98 + 1:02d},40,083,45").strip())
+        only_gsa.feed(sentence("GNGSA,A,3," + ",".join(f"{(n + k) % 99 + 1:02d}" for k in range(12)) +
+                               ",1.6,0.9,1.3").strip())
+    assert len(only_gsv._session.gsv_snr) == SKY_MAX and only_gsv._session.gsv_count == SKY_MAX
+    assert len(only_gsa._session.sats_used) == SKY_MAX
 
 
 def test_altitude_needs_a_3d_fix():

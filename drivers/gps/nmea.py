@@ -64,6 +64,9 @@ REJECTED = "rejected"  # a checksummed value no receiver on Earth can mean (see 
 STAT_KINDS = (SENTENCES_OK, BAD_CHECKSUM, MALFORMED, PROPRIETARY, UNSUPPORTED, NOISE_BYTES, OVERLONG, REJECTED)
 # The physical bounds of a fix's values (inclusive). A checksum only proves the line arrived as sent: a
 # buggy or hostile talker can still send altitude 1e308. Checked once, on the decoder's output.
+# Satellites of every constellation in view at once stay well under 200: a longer list is a GSV or GSA
+# stream that never closes its cycle (a talker sending nothing else), and must not grow without end.
+SKY_MAX = 256
 PLAUSIBLE = {
     "lat": (-90.0, 90.0),  # out of either, the whole position goes, and the fix with it
     "lon": (-180.0, 180.0),
@@ -629,7 +632,7 @@ class EpochDecoder:
             s.seen_other_gsa = True
         for prn in f[2:-3] if len(f) > 5 else []:
             number = _int(prn)
-            if number is not None and number > 0:
+            if number is not None and number > 0 and len(s.sats_used) < SKY_MAX:
                 s.sats_used.append(number)
         if s.seen_other_gsa and talker_id == "P":
             update.mode = None  # GPS-only GSA beside a multi-constellation one: the latter rules
@@ -646,9 +649,10 @@ class EpochDecoder:
             s.gsv_count = 0
             s.gsv_snr = []
         s.last_gsv_talker = talker
-        s.gsv_count += sum(1 for prn in f[3::4] if prn.isdigit() and prn.strip("0"))
+        s.gsv_count = min(SKY_MAX, s.gsv_count + sum(1 for prn in f[3::4] if prn.isdigit() and prn.strip("0")))
         # (00 or empty: not tracked, e.g. almanac entries at a cold start; not a signal strength)
         s.gsv_snr += [int(snr) for snr in f[6::4] if snr.isdigit() and len(snr) <= 2 and snr != "00"]
+        del s.gsv_snr[SKY_MAX:]
         if part >= total:
             s.sats_seen = s.gsv_count
             s.snr = tuple(s.gsv_snr)
