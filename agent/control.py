@@ -195,7 +195,7 @@ class ControlServer:
                         self._accept()
                     elif key.fileobj == self._wake_r:
                         self._drain_wake()
-                    else:
+                    elif not key.data.closed:  # closed earlier in this round (room made for a newcomer)
                         self._service_guarded(key.data, events)
         except Exception:  # noqa: BLE001 - diagnostics must never take the agent down
             # The watchdog sees the thread gone (alive()) and stops pinging: systemd restarts the agent.
