@@ -604,12 +604,18 @@ def test_every_number_setting_has_an_upper_bound():
     assert not unbounded, f"no max= for: {unbounded}"
 
 
-def test_unsafe_characters_are_exactly_unicodes_controls_separators_and_surrogates():
+def test_unsafe_characters_are_exactly_unicodes_controls_separators_surrogates_and_invisibles():
     import sys
     import unicodedata
 
     from agent.errors import unsafe_char
 
+    # Of the format characters (Cf): the invisible ones and the bidi controls ("Trojan Source"), not
+    # e.g. the soft hyphen or the Arabic number signs, which are text.
+    invisible = {0x061C, 0x180E, *range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2060, 0x2065),
+                 *range(0x2066, 0x2070), 0xFEFF}
+    assert all(unicodedata.category(chr(c)) == "Cf" for c in invisible)
     wrong = [hex(c) for c in range(sys.maxunicode + 1)
-             if unsafe_char(chr(c)) != (unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp", "Cs"))]
+             if unsafe_char(chr(c)) != (unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp", "Cs") or c in invisible)]
     assert not wrong
+
