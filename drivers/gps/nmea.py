@@ -62,11 +62,11 @@ NOISE_BYTES = "noise_bytes"  # bytes outside any sentence: binary protocols, a w
 OVERLONG = "overlong"
 REJECTED = "rejected"  # a checksummed value no receiver on Earth can mean (see PLAUSIBLE): published as null
 STAT_KINDS = (SENTENCES_OK, BAD_CHECKSUM, MALFORMED, PROPRIETARY, UNSUPPORTED, NOISE_BYTES, OVERLONG, REJECTED)
-# The physical bounds of a fix's values (inclusive). A checksum only proves the line arrived as sent: a
-# buggy or hostile talker can still send altitude 1e308. Checked once, on the decoder's output.
 # Satellites of every constellation in view at once stay well under 200: a longer list is a GSV or GSA
 # stream that never closes its cycle (a talker sending nothing else), and must not grow without end.
 SKY_MAX = 256
+# The physical bounds of a fix's values (inclusive). A checksum only proves the line arrived as sent: a
+# buggy or hostile talker can still send altitude 1e308. Checked once, on the decoder's output.
 PLAUSIBLE = {
     "lat": (-90.0, 90.0),  # out of either, the whole position goes, and the fix with it
     "lon": (-180.0, 180.0),
