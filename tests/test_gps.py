@@ -12,9 +12,9 @@ import pytest
 from agent.bus import Bus, Event, Reading
 from agent.clock import Clock
 from drivers.base import DriverContext
-from drivers.gps import GpsConfig, GpsDriver, probe_port
-from drivers.gps_sim import HOME, epoch_sentences
-from drivers.nmea import distance_m
+from drivers.gps.driver import GpsConfig, GpsDriver, probe_port
+from drivers.gps.nmea import distance_m
+from drivers.gps.sim import HOME, epoch_sentences
 from tests.support import wait_until
 
 GPS_NOW = 1_764_150_000.0  # 2025-11-26T09:40:00Z: what the receiver says it is

@@ -1,6 +1,6 @@
 """GPS driver: an NMEA 0183 receiver on a serial port -> position, fix, GPS time, geofence.
 
-pyserial reads `port` (u-blox, MediaTek, SiRF in NMEA mode; USB or UART) and `drivers.nmea` turns the
+pyserial reads `port` (u-blox, MediaTek, SiRF in NMEA mode; USB or UART) and `drivers.gps.nmea` turns the
 bytes into one fix per epoch, as gpsd would. The driver survives what a container's serial line does:
 - noise, bad checksums, a wrong baud rate: counted per kind in health, never a fix; with `baud = "auto"`
   the common rates are tried in turn until checksummed sentences arrive;
@@ -24,8 +24,8 @@ import serial
 
 from agent.schema import SettingError, setting
 from agent.throttle import StreamSettings
-from drivers import nmea
 from drivers.base import Driver
+from drivers.gps import nmea
 
 log = logging.getLogger("boxtel.gps")
 
@@ -80,7 +80,7 @@ class GpsConfig(StreamSettings):
 class GpsDriver(Driver):
     section = "gps"
     Config = GpsConfig
-    simulator = "drivers.gps_sim:GpsSimulator"
+    simulator = "drivers.gps.sim:GpsSimulator"
 
     @classmethod
     def claims(cls, config: GpsConfig, key: str) -> list[tuple[str, str]]:
