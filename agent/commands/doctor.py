@@ -452,7 +452,7 @@ CHECKS: list[Callable[[Context], list[Result]]] = [
 def probe_port() -> Callable[[str, Any, float], tuple[bool, str]]:
     """The GPS driver's probe when it is installed, else a small one of the same signature."""
     try:
-        from drivers.gps.driver import probe_port as gps_probe_port
+        from drivers.gps.serial_source import probe_port as gps_probe_port
     except ImportError:
         return fallback_probe_port
     return gps_probe_port
