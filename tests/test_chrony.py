@@ -1,0 +1,138 @@
+"""The chrony feed against the real Debian chrony: `chronyd -x` (never touches the clock), private config,
+its sockets in a temp dir. The sample layout, a feed with nobody listening, the driver's samples
+reaching chrony and being selected, and `boxtel run` on a simulated fix feeding it end to end."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import sysconfig
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.bus import Bus
+from agent.clock import Clock
+from drivers.base import DriverContext
+from drivers.gps import chrony
+from drivers.gps.driver import GpsConfig, GpsDriver
+from drivers.gps.sim import HOME, epoch_sentences
+from tests.daemons import Chrony, wait_reachable
+from tests.support import wait_until
+
+
+@pytest.fixture
+def make_chrony(tmp_path: Path):
+    """A real `chronyd -x` of its own per call (the only way a test runs it), stopped by its pid."""
+    started: list[Chrony] = []
+
+    def make(name: str = "chrony") -> Chrony:
+        daemon = Chrony(tmp_path / name).start()
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+def test_sample_has_the_layout_of_chronys_struct_on_this_platform():
+    # struct sock_sample { struct timeval tv; double offset; int pulse; int leap; int _pad; int magic; }
+    time_t = 8 if ctypes.sizeof(ctypes.c_void_p) == 8 else sysconfig.get_config_var("SIZEOF_TIME_T")
+    assert ctypes.sizeof(chrony.SockSample) == {8: 40, 4: 32}[time_t]  # 64-bit or time64 armhf / armhf
+    assert chrony.SockSample.offset.offset == 2 * time_t
+    data = chrony.encode_sample(1_764_150_000.25, -0.125)
+    word = "q" if time_t == 8 else "i"
+    assert struct.unpack(f"@{word}{word}diiii", data) == (1_764_150_000, 250_000, -0.125, 0, 0, 0, 0x534F434B)
+    with pytest.raises(ValueError):
+        chrony.encode_sample(float("nan"), 0.0)
+    with pytest.raises(ValueError):
+        chrony.encode_sample(1.0, float("inf"))
+
+
+def test_a_feed_with_nobody_listening_counts_and_recovers_when_chrony_comes(tmp_path, make_chrony):
+    folder = tmp_path / "chrony"
+    feed = chrony.ChronyFeed(str(folder / "gps.sock"))
+    assert feed.send(time.time(), time.monotonic()) is False
+    assert feed.errors == 1 and "nothing listens" in feed.last_error
+    (tmp_path / "not-a-socket").write_text("")
+    other = chrony.ChronyFeed(str(tmp_path / "not-a-socket"))
+    assert other.send(time.time(), time.monotonic()) is False and other.errors == 1
+    daemon = make_chrony()
+    assert daemon.refclock_socket == folder / "gps.sock"
+    stop = threading.Event()
+
+    def receiver() -> None:  # a fix every half second, as long as it takes
+        while not stop.wait(0.5):
+            feed.send(time.time(), time.monotonic())
+
+    thread = threading.Thread(target=receiver, daemon=True)
+    thread.start()
+    try:
+        source = wait_reachable(daemon, min_samples=1)
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+    assert source.mode == "#" and source.name == "GPS"
+    assert feed.samples >= 1 and feed.last_error is None and feed.errors == 1
+
+
+def _driver(tmp_path: Path, port: Path, daemon: Chrony) -> GpsDriver:
+    ctx = DriverContext("gps", bus=Bus(), clock=Clock(lambda: False), state_dir=tmp_path, simulate=False)
+    config = GpsConfig(port=str(port), baud=9600, chrony_socket=str(daemon.refclock_socket),
+                       chrony_command_socket=str(daemon.command_socket))
+    return GpsDriver(config, ctx)
+
+
+def _feed_real_time(pty, stop: threading.Event) -> None:
+    """A receiver at home with a fix, one epoch at each second of the (true) time, as a real one."""
+    while not stop.wait(1.0 - time.time() % 1.0):
+        for line in epoch_sentences(float(int(time.time())), lat=HOME[0], lon=HOME[1], alt_m=5.0, speed_mps=0.0,
+                                    course_deg=0.0, fix=True):
+            pty.write(line)
+
+
+def test_the_driver_feeds_chrony_which_selects_gps(tmp_path, make_pty, make_chrony):
+    daemon = make_chrony()
+    pty = make_pty()
+    driver = _driver(tmp_path, pty.path, daemon)
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed_real_time, args=(pty, stop), daemon=True)
+    feeder.start()
+    driver.start()
+    try:
+        source = wait_reachable(daemon, min_samples=3)
+        assert source.reach and source.samples >= 3
+        health = driver.health()
+        assert health["gps_chrony_samples"] >= 3 and health["gps_chrony_errors"] == 0
+        # what health says comes from chrony itself (chronyc on its command socket)
+        assert health["gps_chrony_source"] in {"unreachable", "not_selected", "selected", "combined"}
+        state = wait_until(lambda: chrony.query(str(daemon.command_socket))[0] == chrony.SELECTED, 30,
+                           "chrony to select the GPS refclock")
+        assert state
+    finally:
+        stop.set()
+        driver.stop()
+        feeder.join(timeout=3)
+
+
+def test_health_says_when_chrony_does_not_know_the_gps_refclock(tmp_path):
+    assert chrony.parse_sources(b"^,*,192.0.2.1,2,6,377,12,0.0001,0.0001,0.01\n") == (
+        chrony.NOT_CONFIGURED, None, None)
+    assert chrony.parse_sources(b"#,?,GPS,0,4,0,-,0,0,0\n")[:2] == (chrony.UNREACHABLE, 0)
+    assert chrony.parse_sources(b"#,-,GPS,0,4,17,3,0,0,0\n")[:2] == (chrony.NOT_SELECTED, 0o17)
+    assert chrony.parse_sources(b"#,*,GPS,0,4,377,3,0,0,0\n")[:2] == (chrony.SELECTED, 0o377)
+    assert chrony.parse_sources(b"#,*,GPS,0,4,9z9,3\n\xff\xfe,,,\n") == (chrony.NOT_CONFIGURED, None, None)
+    state, _, error = chrony.query(str(tmp_path / "no-chrony-here.sock"))
+    assert state is None and error
+
+
+def test_boxtel_run_on_a_simulated_fix_feeds_a_real_chronyd_x(broker, make_config, run_agent, make_chrony):
+    daemon = make_chrony()
+    config = make_config(broker, {"gps": {"chrony_socket": str(daemon.refclock_socket),
+                                          "chrony_command_socket": str(daemon.command_socket)}})
+    agent = run_agent(config, "--simulate")
+    source = wait_reachable(daemon, min_samples=3, timeout=40)
+    assert agent.alive() and source.mode == "#" and source.reach
