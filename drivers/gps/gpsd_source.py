@@ -37,8 +37,8 @@ JSON_ERRORS = "json_errors"  # a line that is not a JSON object
 BAD_FIELDS = "bad_fields"  # a field of the wrong type, not finite, or out of range: dropped
 OVERLONG = nmea.OVERLONG
 _MODES = {0: nmea.FIX_NONE, 1: nmea.FIX_NONE, 2: nmea.FIX_2D, 3: nmea.FIX_3D}
-_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z$")
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?Z")
 EARLIEST, LATEST = datetime(1980, 1, 6, tzinfo=UTC).timestamp(), datetime(2200, 1, 1, tzinfo=UTC).timestamp()
 
 
@@ -62,7 +62,7 @@ def parse_address(text: str) -> tuple[str, int]:
     if text.count(":") == 1:
         host, rest = text.split(":")
         port = _port(rest)
-    if not _HOST.match(host) or len(host) > 253:
+    if not _HOST.fullmatch(host) or len(host) > 253:
         raise ValueError(f'expected "host:port" (e.g. "127.0.0.1:2947"), got "{text[:60]!s}"')
     return host, port
 
@@ -259,7 +259,7 @@ def _reject_constant(name: str) -> float:
 
 
 def _epoch(value: Any) -> float | None:
-    if not isinstance(value, str) or len(value) > 40 or not _TIME.match(value):
+    if not isinstance(value, str) or len(value) > 40 or not _TIME.fullmatch(value):
         return None
     try:  # at most microseconds (26 characters), as UTC
         epoch_s = datetime.fromisoformat(value[:26].removesuffix("Z") + "+00:00").timestamp()
