@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -129,6 +131,33 @@ def test_decode_of_a_file_without_nmea_exits_65(tmp_path):
     result = boxtel("gps", "decode", str(junk))
     assert result.returncode == 65 and result.stdout == ""
     assert result.stderr.strip() == f"boxtel: {junk}: no NMEA sentences (1 with bad checksums)"
+
+
+def test_decode_of_endless_input_without_sentences_stops_with_exit_65(tmp_path):
+    result = boxtel("gps", "decode", "/dev/zero", timeout=30)
+    assert result.returncode == 65 and result.stdout == ""
+    assert result.stderr.strip() == "boxtel: /dev/zero: no NMEA sentence in 1 MiB of input (not a receiver capture?)"
+    # a FIFO whose writer never stops sending noise (a receiver at the wrong baud rate, tee'd)
+    fifo = tmp_path / "receiver.fifo"
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def noise() -> None:
+        with open(fifo, "wb") as writer:
+            while not stop.is_set():
+                try:
+                    writer.write(bytes(range(128, 256)) * 64 + b"\r\n")
+                except BrokenPipeError:
+                    return
+
+    writer = threading.Thread(target=noise, daemon=True)
+    writer.start()
+    try:
+        result = boxtel("gps", "decode", str(fifo), timeout=30)
+    finally:
+        stop.set()
+        writer.join(5)
+    assert result.returncode == 65 and "no NMEA sentence in 1 MiB of input" in result.stderr
 
 
 def test_decode_of_a_missing_file_exits_66(tmp_path):
