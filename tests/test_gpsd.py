@@ -115,7 +115,8 @@ def test_the_agent_on_gpsd_publishes_what_the_serial_path_publishes(broker, make
     feeder = threading.Thread(target=receivers, daemon=True)
     feeder.start()
     try:
-        steady = lambda p: p.get("fix") == "3d" and p.get("sats") == 9 and p.get("alt_m") is not None  # noqa: E731
+        steady = lambda p: (p.get("fix") == "3d" and p.get("sats") == 9 and p.get("sats_seen") == 11  # noqa: E731
+                            and p.get("alt_m") is not None)
         by_serial = _gps_topic(subscriber, "serial-001", steady)
         by_gpsd = _gps_topic(subscriber, "gpsd-001", steady)
     finally:

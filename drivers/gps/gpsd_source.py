@@ -241,6 +241,9 @@ class GpsdSource:
             listed = [s for s in satellites[:MAX_SATELLITES] if isinstance(s, dict)]
             values["sats_seen"] = len(listed)
             values["sats"] = sum(1 for s in listed if s.get("used") is True)
+            # signal strengths, as GSV gives them to the serial path (integrity judges their spread)
+            strengths = (self._number(s, "ss", 0.0, 99.0) for s in listed if s.get("ss") is not None)
+            values["snr"] = tuple(int(ss) for ss in strengths if ss is not None and ss > 0)
         else:
             seen, used = self._number(report, "nSat", 0, MAX_SATELLITES), self._number(report, "uSat", 0, MAX_SATELLITES)
             if seen is not None:
