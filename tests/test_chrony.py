@@ -20,7 +20,9 @@ from drivers.gps import chrony
 from drivers.gps.driver import GpsConfig, GpsDriver
 from drivers.gps.sim import HOME, epoch_sentences
 from tests.daemons import Chrony, wait_reachable
-from tests.support import wait_until
+from tests.support import ROOT, wait_until
+from tests.test_agent import FAST_HEALTH
+from tests.test_end_to_end import DocContract
 
 
 @pytest.fixture
@@ -129,10 +131,53 @@ def test_health_says_when_chrony_does_not_know_the_gps_refclock(tmp_path):
     assert state is None and error
 
 
-def test_boxtel_run_on_a_simulated_fix_feeds_a_real_chronyd_x(broker, make_config, run_agent, make_chrony):
+def test_boxtel_run_on_a_simulated_fix_feeds_a_real_chronyd_x(broker, make_config, run_agent, subscribe,
+                                                               make_chrony):
     daemon = make_chrony()
-    config = make_config(broker, {"gps": {"chrony_socket": str(daemon.refclock_socket),
-                                          "chrony_command_socket": str(daemon.command_socket)}})
+    config = make_config(broker, {**FAST_HEALTH, "gps": {"chrony_socket": str(daemon.refclock_socket),
+                                                         "chrony_command_socket": str(daemon.command_socket)}})
+    subscriber = subscribe("boxtel/test-001/health")
     agent = run_agent(config, "--simulate")
     source = wait_reachable(daemon, min_samples=3, timeout=40)
     assert agent.alive() and source.mode == "#" and source.reach
+    health = subscriber.wait_for("boxtel/test-001/health", lambda p: p.get("gps_chrony_samples", 0) >= 3).json
+    assert health["gps_chrony_errors"] == 0 and health["gps_chrony_source"] is not None
+    contract = DocContract((ROOT / "docs" / "mqtt.md").read_text())
+    assert all(contract.documented("health", key) for key in health if key.startswith("gps_chrony"))
+
+
+def _doctor_lines(config: Path, capsys, check: str) -> list[str]:
+    from agent.cli import main
+
+    main(["doctor", "-c", str(config)])
+    return [line for line in capsys.readouterr().out.splitlines() if line[5:].startswith(f"{check}:")]
+
+
+def test_doctor_follows_the_path_to_chrony_end_to_end(tmp_path, broker, make_config, make_chrony, capsys):
+    folder = tmp_path / "chrony"
+    config = make_config(broker, {"gps": {"port": str(tmp_path / "no-gps"),
+                                          "chrony_socket": str(folder / "gps.sock"),
+                                          "chrony_command_socket": str(folder / "command.sock")}})
+    [line] = _doctor_lines(config, capsys, "chrony")
+    assert line.startswith("FAIL chrony: nothing listens on") and f"refclock SOCK {folder / 'gps.sock'}" in line
+    [clock] = _doctor_lines(config, capsys, "clock")
+    assert "chrony" in clock and "a GPS fix)" not in clock  # never "get a GPS fix": a fix alone sets no clock
+    daemon = make_chrony()
+    [line] = _doctor_lines(config, capsys, "chrony")
+    assert line.startswith("WARN chrony: chrony has the GPS refclock but no samples yet"), line
+    feed = chrony.ChronyFeed(str(daemon.refclock_socket))
+    stop = threading.Event()
+
+    def receiver() -> None:
+        while not stop.wait(0.5):
+            feed.send(time.time(), time.monotonic())
+
+    thread = threading.Thread(target=receiver, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: chrony.query(str(daemon.command_socket))[0] == chrony.SELECTED, 30, "GPS selected")
+        [line] = _doctor_lines(config, capsys, "chrony")
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+    assert line.startswith("OK   chrony: chrony selected GPS (reach "), line

@@ -16,7 +16,9 @@ from drivers.gps.driver import GpsConfig
 from drivers.gps.gpsd_source import BAD_FIELDS, JSON_ERRORS, MAX_LINE, GpsdSource, parse_address
 from drivers.gps.sim import HOME, epoch_sentences
 from tests.daemons import Gpsd
-from tests.support import wait_until
+from tests.support import ROOT, wait_until
+from tests.test_agent import FAST_HEALTH
+from tests.test_end_to_end import DocContract
 from tests.test_gps import FIX, Harness
 
 CAPTURES = Path(__file__).parent / "data" / "nmea"
@@ -98,7 +100,7 @@ def test_the_agent_on_gpsd_publishes_what_the_serial_path_publishes(broker, make
     daemon = make_gpsd(gpsd_pty.path)
     fast = {"publish_interval_s": 1.0, "baud": 9600}
     run_agent(make_config(broker, {"box": {"id": "serial-001"}, "gps": {"port": str(serial_pty.path), **fast}}))
-    run_agent(make_config(broker, {"box": {"id": "gpsd-001"},
+    run_agent(make_config(broker, {"box": {"id": "gpsd-001"}, **FAST_HEALTH,
                                    "gps": {"source": "gpsd", "gpsd": daemon.address, **fast}}))
     subscriber = subscribe()
     stop = threading.Event()
@@ -125,6 +127,11 @@ def test_the_agent_on_gpsd_publishes_what_the_serial_path_publishes(broker, make
     for key in ("lat", "lon", "fix", "sats", "sats_seen", "alt_m", "hdop", "pdop"):
         assert by_gpsd[key] == by_serial[key], key
     assert abs(by_gpsd["lat"] - (HOME[0] + 0.001)) < 1e-6
+    health = subscriber.wait_for("boxtel/gpsd-001/health", lambda p: p.get("gps_gpsd_reports")).json
+    assert health["gps_gpsd"] == daemon.address and health["gps_device"] == str(gpsd_pty.path)
+    contract = DocContract((ROOT / "docs" / "mqtt.md").read_text())
+    gpsd_fields = ("gps_gpsd", "gps_device", "gps_gpsd_reports", "gps_json_errors", "gps_bad_fields")
+    assert all(key in health and contract.documented("health", key) for key in gpsd_fields)
 
 
 def test_gpsd_gone_is_disconnected_and_back_is_recovered(tmp_path, make_pty, make_gpsd, harnesses):
@@ -232,3 +239,37 @@ def test_bad_gpsd_addresses_are_config_errors(text):
 
     with pytest.raises(SettingError):
         config.validate()
+
+
+def test_doctor_checks_gpsd_relays_the_receiver(tmp_path, broker, make_config, make_pty, make_gpsd, capsys):
+    from agent.cli import main
+
+    def gpsd_lines(address: str) -> list[str]:
+        config = make_config(broker, {"gps": {"source": "gpsd", "gpsd": address}})
+        main(["doctor", "-c", str(config)])
+        out = capsys.readouterr().out.splitlines()
+        assert not any(line[5:].startswith("serial:") for line in out)  # gpsd owns the port, not us
+        return [line for line in out if line[5:].startswith("gpsd:")]
+
+    pty = make_pty()
+    daemon = make_gpsd(pty.path)
+    stop = threading.Event()
+
+    def receiver() -> None:
+        epoch_s = time.time()
+        while not stop.wait(0.3):
+            pty.write("".join(epoch_sentences(epoch_s, lat=HOME[0], lon=HOME[1], alt_m=5.0, speed_mps=0.0,
+                                              course_deg=0.0, fix=True)))
+            epoch_s += 1
+
+    thread = threading.Thread(target=receiver, daemon=True)
+    thread.start()
+    try:
+        [line] = gpsd_lines(daemon.address)
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+    assert line.startswith(f"OK   gpsd: gpsd at {daemon.address} relays {pty.path}: fix "), line
+    daemon.stop()
+    [line] = gpsd_lines(daemon.address)
+    assert line.startswith(f"FAIL gpsd: cannot connect to gpsd at {daemon.address}"), line

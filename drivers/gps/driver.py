@@ -233,10 +233,13 @@ class GpsDriver(Driver):
             self.fix = nmea.Fix()
         self._publish(self.values(), time.monotonic())
         if link == STALE:
-            self.ctx.event("gps_stale", "warning", port=self.config.port, reason=reason)
+            self.ctx.event("gps_stale", "warning", **self._where(), reason=reason)
         else:
-            self.ctx.error("disconnected", f"GPS {self.config.port}: {reason}")
-            self.ctx.event("gps_disconnected", "warning", port=self.config.port, reason=reason)
+            self.ctx.error("disconnected", f"GPS {next(iter(self._where().values()))}: {reason}")
+            self.ctx.event("gps_disconnected", "warning", **self._where(), reason=reason)
+
+    def _where(self) -> dict[str, str]:
+        return {"gpsd": self.config.gpsd} if self.config.source == GPSD else {"port": self.config.port}
 
     # -- publishing --------------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:
