@@ -88,10 +88,13 @@ def _driver(tmp_path: Path, port: Path, daemon: Chrony) -> GpsDriver:
     return GpsDriver(config, ctx)
 
 
-def _feed_real_time(pty, stop: threading.Event) -> None:
-    """A receiver at home with a fix, one epoch at each second of the (true) time, as a real one."""
+def _feed_real_time(pty, stop: threading.Event, sky: dict | None = None) -> None:
+    """A receiver at home with a fix, one epoch at each second of the (true) time, as a real one;
+    `sky` may move it (lat) or shift its time (time_shift_s) meanwhile."""
+    sky = sky if sky is not None else {}
     while not stop.wait(1.0 - time.time() % 1.0):
-        for line in epoch_sentences(float(int(time.time())), lat=HOME[0], lon=HOME[1], alt_m=5.0, speed_mps=0.0,
+        epoch_s = float(int(time.time())) + sky.get("time_shift_s", 0.0)
+        for line in epoch_sentences(epoch_s, lat=sky.get("lat", HOME[0]), lon=HOME[1], alt_m=5.0, speed_mps=0.0,
                                     course_deg=0.0, fix=True):
             pty.write(line)
 
@@ -114,6 +117,31 @@ def test_the_driver_feeds_chrony_which_selects_gps(tmp_path, make_pty, make_chro
         state = wait_until(lambda: chrony.query(str(daemon.command_socket))[0] == chrony.SELECTED, 30,
                            "chrony to select the GPS refclock")
         assert state
+    finally:
+        stop.set()
+        driver.stop()
+        feeder.join(timeout=3)
+
+
+@pytest.mark.parametrize("spell", [{"lat": HOME[0] + 0.36}, {"time_shift_s": 3600.0}], ids=["40 km jump", "time jump"])
+def test_a_suspect_fix_sends_chrony_no_sample(tmp_path, make_pty, make_chrony, spell):
+    daemon = make_chrony()
+    pty = make_pty()
+    driver = _driver(tmp_path, pty.path, daemon)
+    sky: dict = {}
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed_real_time, args=(pty, stop, sky), daemon=True)
+    feeder.start()
+    driver.start()
+    try:
+        wait_until(lambda: driver.chrony.samples >= 2, 15, "samples from trusted fixes")
+        sky.update(spell)  # spoofed: the receiver now says something no parked container can do
+        wait_until(lambda: driver.values()["gnss_integrity"] == "suspect", 10, "the fix judged suspect")
+        sent = driver.chrony.samples
+        epochs_before = driver.stats["sentences_ok"]
+        wait_until(lambda: driver.stats["sentences_ok"] >= epochs_before + 18, 10, "three more spoofed epochs (6 sentences each)")
+        assert driver.values()["gnss_integrity"] == "suspect"
+        assert driver.chrony.samples == sent and driver.health()["gps_chrony_samples"] == sent
     finally:
         stop.set()
         driver.stop()

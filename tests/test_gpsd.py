@@ -273,3 +273,22 @@ def test_doctor_checks_gpsd_relays_the_receiver(tmp_path, broker, make_config, m
     daemon.stop()
     [line] = gpsd_lines(daemon.address)
     assert line.startswith(f"FAIL gpsd: cannot connect to gpsd at {daemon.address}"), line
+
+
+def test_gpsd_without_reports_from_the_receiver_goes_stale(tmp_path, make_pty, make_gpsd, harnesses):
+    pty = make_pty()
+    daemon = make_gpsd(pty.path)
+    box = Harness(tmp_path, pty, source="gpsd", gpsd=daemon.address, stale_after_s=1.0)
+    harnesses.append(box)
+    box.start()
+    box.wait_reading(lambda r: r["fix"] == "3d", "a fix through gpsd", feed=FIX)
+    box.drain()
+    box.events.clear()  # (gpsd may take longer than a second to hear the receiver first: stale at start)
+    box.wait_event("gps_stale")  # the receiver hangs; gpsd is still there, and says nothing
+    stale = next(e for e in box.events if e.kind == "gps_stale")
+    assert box.driver.health()["gps_link"] == "stale"
+    assert stale.details["gpsd"] == daemon.address and "through gpsd" in stale.details["reason"]
+    box.wait_reading(lambda r: r["fix"] == "none", "the fix withdrawn while stale")
+    box.readings.clear()
+    box.wait_reading(lambda r: r["fix"] == "3d", "a fix again", feed=FIX)
+    assert box.driver.health()["gps_link"] == "connected"

@@ -19,7 +19,6 @@ import errno
 import logging
 import math
 import os
-import shutil
 import socket
 import time
 
@@ -154,10 +153,12 @@ class ChronySources:
 
 def query(command_socket: str, timeout_s: float = QUERY_TIMEOUT_S) -> tuple[str | None, int | None, str | None]:
     """(state of the GPS refclock, its reach register, why chrony could not be asked)."""
+    import shutil  # only here, as subprocess: the feed alone needs neither
+
     chronyc = shutil.which("chronyc") or ("/usr/bin/chronyc" if os.access("/usr/bin/chronyc", os.X_OK) else None)
     if chronyc is None:
         return None, None, "chronyc not installed"
-    import subprocess  # only here: the feed alone does not need it
+    import subprocess
 
     # chronyc binds its reply socket beside chronyd's; where the agent may not (the service user and
     # /run/chrony), chrony's command port on loopback answers `sources` without privileges.

@@ -196,7 +196,8 @@ class GpsDriver(Driver):
                 self._on_fix(fix, now)
             quiet_since = self.last_sentence_mono if heard_since_open else opened
             if now - quiet_since >= self.config.stale_after_s:
-                self._set_link(STALE, reason=f"no valid NMEA for {now - quiet_since:.0f} s")
+                silence = "no report from the receiver through gpsd" if self.config.source == GPSD else "no valid NMEA"
+                self._set_link(STALE, reason=f"{silence} for {now - quiet_since:.0f} s")
             self._publish_if_due(now)
 
     def _on_fix(self, fix: nmea.Fix, now: float) -> None:
