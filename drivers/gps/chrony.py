@@ -8,8 +8,9 @@ from it. chrony filters, selects and steers the clock; the agent never sets it (
 
 - A missing socket (chrony not running, or not configured yet) costs a counter and a quiet retry with
   the next fix, never the driver's thread.
-- `ChronySources` asks chrony (`chronyc -n -c sources`, once a minute at most, a short-lived process)
-  whether it selected the GPS refclock, for health and `boxtel doctor`.
+- `ChronySources` asks chrony (`chronyc -n -c sources`: a short-lived process in a short-lived thread,
+  every 10 s until chrony selected GPS, then every minute) whether it uses the GPS refclock, for health;
+  `boxtel doctor` asks the same way (`query`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 
 log = logging.getLogger("boxtel.gps")
@@ -142,13 +144,22 @@ class ChronySources:
         self.reach: int | None = None
         self.error: str | None = None
         self._next = 0.0
+        self._asking: threading.Thread | None = None
 
     def poll(self, mono: float) -> None:
-        """Ask chrony if it is time to (from the GPS thread: a few ms, at most QUERY_TIMEOUT_S)."""
-        if mono < self._next:
+        """Ask chrony if it is time to. The question runs in a thread of its own, briefly: the GPS
+        thread must not wait for chronyc (up to QUERY_TIMEOUT_S), or the next epoch would be stamped late."""
+        if mono < self._next or (self._asking is not None and self._asking.is_alive()):
             return
-        self.state, self.reach, self.error = query(self.command_socket)
-        self._next = time.monotonic() + (QUERY_EVERY_S if self.state == SELECTED else QUERY_SOON_S)
+        self._next = mono + QUERY_SOON_S
+        self._asking = threading.Thread(target=self._ask, name="gps-chrony-query", daemon=True)
+        self._asking.start()
+
+    def _ask(self) -> None:
+        state, reach, error = query(self.command_socket)
+        self.state, self.reach, self.error = state, reach, error
+        if state == SELECTED:
+            self._next = time.monotonic() + QUERY_EVERY_S
 
 
 def query(command_socket: str, timeout_s: float = QUERY_TIMEOUT_S) -> tuple[str | None, int | None, str | None]:
