@@ -48,6 +48,13 @@ def test_sample_has_the_layout_of_chronys_struct_on_this_platform():
     data = chrony.encode_sample(1_764_150_000.25, -0.125)
     word = "q" if time_t == 8 else "i"
     assert struct.unpack(f"@{word}{word}diiii", data) == (1_764_150_000, 250_000, -0.125, 0, 0, 0, 0x534F434B)
+    # the other word sizes, as chronyd on a Pi has them: armhf bookworm (32-bit time_t), armhf trixie (64)
+    armhf = chrony.sample_layout(chrony.time_t_type(pointer_bytes=4, python_time_t=4))
+    armhf_t64 = chrony.sample_layout(chrony.time_t_type(pointer_bytes=4, python_time_t=8))
+    arm64 = chrony.sample_layout(chrony.time_t_type(pointer_bytes=8))
+    assert (ctypes.sizeof(armhf), armhf.offset.offset, armhf.magic.offset) == (32, 8, 28)
+    assert (ctypes.sizeof(armhf_t64), armhf_t64.offset.offset, armhf_t64.magic.offset) == (40, 16, 36)
+    assert ctypes.sizeof(arm64) == 40
     with pytest.raises(ValueError):
         chrony.encode_sample(float("nan"), 0.0)
     with pytest.raises(ValueError):
@@ -209,3 +216,20 @@ def test_doctor_follows_the_path_to_chrony_end_to_end(tmp_path, broker, make_con
         stop.set()
         thread.join(timeout=2)
     assert line.startswith("OK   chrony: chrony selected GPS (reach "), line
+
+
+@pytest.mark.parametrize(("gps", "key"), [
+    ({"chrony_socket": "/run/" + "x" * 120}, "gps.chrony_socket"),
+    ({"chrony_socket": "/run/chrony\nboxtel.sock"}, "gps.chrony_socket"),
+    ({"chrony_command_socket": "/run/\x1b[31m.sock"}, "gps.chrony_command_socket"),
+    ({"source": "shm"}, "gps.source"),
+    ({"source": "gpsd", "gpsd": "localhost:99999"}, "gps.gpsd"),
+])
+def test_bad_gps_time_settings_are_one_line_config_errors(make_config, gps, key):
+    from tests.support import boxtel
+
+    config = make_config(None, {"gps": gps})
+    done = boxtel("check-config", "-c", str(config))
+    assert done.returncode == 78, done.stdout + done.stderr
+    assert key in done.stderr and str(config) in done.stderr and "Traceback" not in done.stderr
+    assert "\x1b" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -37,39 +37,44 @@ SELECTED, COMBINED, NOT_SELECTED, UNREACHABLE, NOT_CONFIGURED = (
 _STATES = {"*": SELECTED, "+": COMBINED}
 
 
-def _time_t() -> type[ctypes._SimpleCData]:
+def time_t_type(pointer_bytes: int | None = None, python_time_t: int | None = None) -> type[ctypes._SimpleCData]:
     """A C integer as wide as the platform's time_t, the type chronyd was built with.
 
     64-bit Linux: 8 bytes. 32-bit ARM (armhf): 4 bytes on Debian 12 and Raspberry Pi OS bookworm,
     8 bytes from Debian 13 on (the 64-bit time_t transition); the Python of the same release is built
     the same way, so its SIZEOF_TIME_T says which (read only on 32-bit, where it is in doubt)."""
-    if ctypes.sizeof(ctypes.c_void_p) == 8:
+    if (pointer_bytes or ctypes.sizeof(ctypes.c_void_p)) == 8:
         return ctypes.c_int64
-    import sysconfig
+    if python_time_t is None:
+        import sysconfig
 
-    return ctypes.c_int64 if sysconfig.get_config_var("SIZEOF_TIME_T") == 8 else ctypes.c_int32
-
-
-_TIME_T = _time_t()
-
-
-class Timeval(ctypes.Structure):
-    # glibc's struct timeval: tv_usec has time_t's width too (suseconds_t, or __suseconds64_t)
-    _fields_ = [("tv_sec", _TIME_T), ("tv_usec", _TIME_T)]
+        python_time_t = sysconfig.get_config_var("SIZEOF_TIME_T")
+    return ctypes.c_int64 if python_time_t == 8 else ctypes.c_int32
 
 
-class SockSample(ctypes.Structure):
-    """chrony's struct sock_sample (refclock_sock.c), native layout and alignment: 40 bytes where
-    time_t is 64 bits, 32 where it is 32. chronyd drops a datagram of any other length."""
+def sample_layout(time_t: type[ctypes._SimpleCData]) -> type[ctypes.Structure]:
+    """chrony's struct sock_sample (refclock_sock.c) for a time_t of that type, with the C compiler's
+    native layout and alignment: 40 bytes where time_t is 64 bits, 32 where it is 32. chronyd drops a
+    datagram of any other length."""
 
-    _fields_ = [
-        ("tv", Timeval),  # system time of the measurement
-        ("offset", ctypes.c_double),  # true time minus system time, seconds
-        ("pulse", ctypes.c_int),  # 0: a full time, not a PPS edge
-        ("leap", ctypes.c_int),  # 0: no leap second announced (NMEA does not carry one)
-        ("_pad", ctypes.c_int),
-        ("magic", ctypes.c_int),
-    ]
+    class Timeval(ctypes.Structure):
+        # glibc's struct timeval: tv_usec has time_t's width too (suseconds_t, or __suseconds64_t)
+        _fields_ = [("tv_sec", time_t), ("tv_usec", time_t)]
+
+    class SockSample(ctypes.Structure):
+        _fields_ = [
+            ("tv", Timeval),  # system time of the measurement
+            ("offset", ctypes.c_double),  # true time minus system time, seconds
+            ("pulse", ctypes.c_int),  # 0: a full time, not a PPS edge
+            ("leap", ctypes.c_int),  # 0: no leap second announced (NMEA does not carry one)
+            ("_pad", ctypes.c_int),
+            ("magic", ctypes.c_int),
+        ]
+
+    return SockSample
+
+
+SockSample = sample_layout(time_t_type())
 
 
 def encode_sample(system_s: float, offset_s: float) -> bytes:
@@ -78,8 +83,9 @@ def encode_sample(system_s: float, offset_s: float) -> bytes:
         raise ValueError("a chrony sample needs finite times")
     seconds = math.floor(system_s)
     micros = min(int((system_s - seconds) * 1e6), 999_999)
-    return bytes(SockSample(tv=Timeval(seconds, micros), offset=offset_s, pulse=0, leap=0, _pad=0,
-                            magic=SOCK_MAGIC))
+    sample = SockSample(offset=offset_s, pulse=0, leap=0, _pad=0, magic=SOCK_MAGIC)
+    sample.tv.tv_sec, sample.tv.tv_usec = seconds, micros
+    return bytes(sample)
 
 
 class ChronyFeed:
