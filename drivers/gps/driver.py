@@ -68,6 +68,8 @@ class GpsConfig(StreamSettings):
     learn_home: bool = setting(True, doc="without home_lat/home_lon: learn home from the first stable fix")
     home_learn_s: float = setting(60.0, min=1.0, max=86400.0, doc="a fix must hold still this long to become home")
     min_interval_s: float = setting(0.0, min=0.0, max=3600.0, doc="never publish gps more often (the driver paces)")
+    deadband: dict[str, float] = setting({}, min=0.0, inf_ok=True, doc="per field: a smaller change is no change", keys=(
+        "lat", "lon", "alt_m", "speed_mps", "course_deg", "sats", "sats_seen", "hdop", "pdop", "home_distance_m"))
 
     def validate(self) -> None:
         StreamSettings.validate(self)
