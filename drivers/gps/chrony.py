@@ -24,6 +24,8 @@ import socket
 import threading
 import time
 
+from agent.untrusted import printable
+
 log = logging.getLogger("boxtel.gps")
 
 SOCK_MAGIC = 0x534F434B  # "SOCK"
@@ -187,7 +189,7 @@ def query(command_socket: str, timeout_s: float = QUERY_TIMEOUT_S) -> tuple[str 
         return None, None, f"chronyc: {err}"
     if done.returncode != 0:
         text = done.stderr.decode("ascii", "replace").strip().splitlines()
-        return None, None, (text[0][:120] if text else f"chronyc exited {done.returncode}")
+        return None, None, (printable(text[0], 120) if text else f"chronyc exited {done.returncode}")
     return parse_sources(done.stdout)
 
 
