@@ -94,13 +94,18 @@ def _gps_topic(subscriber, box: str, where) -> dict:
     return subscriber.wait_for(f"boxtel/{box}/gps", where, timeout=30).json
 
 
-def test_the_agent_on_gpsd_publishes_what_the_serial_path_publishes(broker, make_config, run_agent, subscribe,
-                                                                      make_pty, make_gpsd):
+def test_the_agent_on_gpsd_publishes_what_the_serial_path_publishes(tmp_path, broker, make_config, run_agent,
+                                                                      subscribe, make_pty, make_gpsd):
     serial_pty, gpsd_pty = make_pty("gps-serial"), make_pty("gps-gpsd")
     daemon = make_gpsd(gpsd_pty.path)
     fast = {"publish_interval_s": 1.0, "baud": 9600}
-    run_agent(make_config(broker, {"box": {"id": "serial-001"}, "gps": {"port": str(serial_pty.path), **fast}}))
-    run_agent(make_config(broker, {"box": {"id": "gpsd-001"}, **FAST_HEALTH,
+
+    def box(name: str) -> dict:  # two agents: each its own state and control socket
+        return {"box": {"id": name, "state_dir": str(tmp_path / name)},
+                "diagnostics": {"socket": str(tmp_path / f"{name}.sock")}}
+
+    run_agent(make_config(broker, {**box("serial-001"), "gps": {"port": str(serial_pty.path), **fast}}))
+    run_agent(make_config(broker, {**box("gpsd-001"), **FAST_HEALTH,
                                    "gps": {"source": "gpsd", "gpsd": daemon.address, **fast}}))
     subscriber = subscribe()
     stop = threading.Event()
