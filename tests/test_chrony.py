@@ -48,7 +48,7 @@ def test_sample_has_the_layout_of_chronys_struct_on_this_platform():
     data = chrony.encode_sample(1_764_150_000.25, -0.125)
     word = "q" if time_t == 8 else "i"
     assert struct.unpack(f"@{word}{word}diiii", data) == (1_764_150_000, 250_000, -0.125, 0, 0, 0, 0x534F434B)
-    # the other word sizes, as chronyd on a Pi has them: armhf bookworm (32-bit time_t), armhf trixie (64)
+    # the other word sizes, as chrony on a Pi has them: armhf bookworm (32-bit time_t), armhf trixie (64)
     armhf = chrony.sample_layout(chrony.time_t_type(pointer_bytes=4, python_time_t=4))
     armhf_t64 = chrony.sample_layout(chrony.time_t_type(pointer_bytes=4, python_time_t=8))
     arm64 = chrony.sample_layout(chrony.time_t_type(pointer_bytes=8))
@@ -166,7 +166,7 @@ def test_health_says_when_chrony_does_not_know_the_gps_refclock(tmp_path):
     assert state is None and error
 
 
-def test_boxtel_run_on_a_simulated_fix_feeds_a_real_chronyd_x(broker, make_config, run_agent, subscribe,
+def test_boxtel_run_on_a_simulated_fix_feeds_a_real_chrony(broker, make_config, run_agent, subscribe,
                                                                make_chrony):
     daemon = make_chrony()
     config = make_config(broker, {**FAST_HEALTH, "gps": {"chrony_socket": str(daemon.refclock_socket),
