@@ -130,6 +130,31 @@ def test_the_driver_feeds_chrony_which_selects_gps(tmp_path, make_pty, make_chro
         feeder.join(timeout=3)
 
 
+def test_the_driver_without_chrony_counts_quietly_and_feeds_it_once_it_runs(tmp_path, make_pty, make_chrony,
+                                                                              caplog):
+    daemon = Chrony(tmp_path / "chrony")  # configured, not started yet: chrony is not running
+    pty = make_pty()
+    driver = _driver(tmp_path, pty.path, daemon)
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed_real_time, args=(pty, stop), daemon=True)
+    feeder.start()
+    driver.start()
+    try:
+        wait_until(lambda: driver.health()["gps_chrony_errors"] >= 3, 15, "fixes whose sample found no chrony")
+        assert driver.health()["gps_link"] == "connected" and driver._thread.is_alive()
+        assert driver.values()["fix"] == "3d" and driver.chrony.samples == 0
+        warnings = [r for r in caplog.records if "not sent to chrony" in r.getMessage()]
+        assert len(warnings) == 1  # once, not once a second
+        started = make_chrony()
+        assert started.refclock_socket == daemon.refclock_socket
+        source = wait_reachable(started, min_samples=2)
+        assert source.reach and driver.chrony.samples >= 2 and driver.chrony.last_error is None
+    finally:
+        stop.set()
+        driver.stop()
+        feeder.join(timeout=3)
+
+
 @pytest.mark.parametrize("spell", [{"lat": HOME[0] + 0.36}, {"time_shift_s": 3600.0}], ids=["40 km jump", "time jump"])
 def test_a_suspect_fix_sends_chrony_no_sample(tmp_path, make_pty, make_chrony, spell):
     daemon = make_chrony()
