@@ -385,3 +385,15 @@ def test_a_single_rmc_dated_2079_never_moves_the_clock(gps):
     assert abs(clock.now() - box.epoch_s) < 5.0, "ts must not move to 2079"
     box.send(seconds=2)
     assert abs(clock.now() - box.epoch_s) < 5.0
+
+
+def test_gps_time_counts_only_after_several_epochs_agree_with_the_monotonic_clock(gps):
+    clock = Clock(kernel_synced=lambda: False)
+    box = gps(clock=clock).start()
+    box.wait_event("gps_connected", feed=NO_FIX)
+    box.send()
+    box.send()  # the first dated fix (an epoch is reported when the next one starts)
+    wait_until(lambda: box.driver.fix.has_position and box.driver.fix.time, 10, "a dated fix")
+    assert clock.source() == "unsynced", "one fix is not yet a time to stamp messages with"
+    wait_until(lambda: box.send() or clock.source() == "gps", 10, "clock source gps")
+    assert box.driver.verdict.trusted

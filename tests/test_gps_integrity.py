@@ -165,6 +165,16 @@ def test_receiver_warnings_altitude_jumps_and_sane_motion():
     sky.hold(2, alt_m=3000.0)
     assert sky.log[-1][2].reasons == ("altitude_jump",)
     sky.hold(integrity.CLEAR_EPOCHS + 2)
+    # a cold start lists satellites it does not track yet (SNR 00 or empty): no signal, nothing uniform
+    cold = [sentence("GPGSV,2,1,08,01,10,010,00,02,20,020,00,03,30,030,,04,40,040,00"),
+            sentence("GPGSV,2,2,08,05,50,050,00,06,60,060,00,07,70,070,00,08,80,080,00")]
+    for _ in range(3):
+        plain = epoch_sentences(T0 + sky.t, lat=HOME[0], lon=HOME[1], alt_m=5.0, speed_mps=0.0, course_deg=0.0,
+                                fix=False)
+        sky.epoch([line for line in plain[:-1] if "GSV" not in line] + cold + plain[-1:])
+    assert sky.log[-1][1].sats_seen == 8 and sky.log[-1][1].snr == ()
+    assert "uniform_snr" not in reasons(sky.log[-3:])
+    sky.hold(integrity.CLEAR_EPOCHS + 2)
     # 300 m in a second: multipath on a parked box, not an impossible jump
     near = sim._offset(*HOME, 300.0, 0.0)
     sky.hold(3, lat=near[0], lon=near[1])

@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.gps.nmea import EpochDecoder, LineReader, decode_capture, new_stats
+from drivers.gps.nmea import PLAUSIBLE, EpochDecoder, LineReader, decode_capture, new_stats
 from drivers.gps.sim import HOME, corrupt, epoch_sentences, sentence
 
 T0 = 1_764_150_000.0  # 2025-11-26T09:40:00Z
@@ -214,7 +214,7 @@ _FIELD = st.text(alphabet="0123456789.,-NSEWAVMTK", max_size=12)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(["GPGGA", "GNRMC", "GPGSA", "GLGSV", "GPVTG", "GPGLL", "GPZDA", "GNGNS", "PGRMZ"]),
+@given(st.sampled_from(["GPGGA", "GNRMC", "GPGSA", "GLGSV", "GPVTG", "GPGLL", "GPZDA", "GNGNS", "PGRMZ", "GPTXT"]),
        st.lists(_FIELD, max_size=22), st.integers(min_value=0, max_value=3))
 def test_well_framed_sentences_with_random_fields_never_crash_or_give_a_bogus_fix(kind, fields, repeat):
     body = ",".join([kind, *fields])
@@ -229,6 +229,9 @@ def test_well_framed_sentences_with_random_fields_never_crash_or_give_a_bogus_fi
         else:
             assert -90 <= fix.lat <= 90 and -180 <= fix.lon <= 180 and (fix.lat, fix.lon) != (0.0, 0.0)
             assert fix.alt_m is None or fix.fix == "3d"
+        for name, (low, high) in PLAUSIBLE.items():  # whatever the fields, the output is physical
+            assert getattr(fix, name) is None or low <= getattr(fix, name) <= high, name
+        assert all(1 <= snr <= 99 for snr in fix.snr)
 
 
 @settings(max_examples=200, deadline=None)

@@ -295,6 +295,8 @@ class GpsDriver(Driver):
     # -- integrity ---------------------------------------------------------------------------------
     def _check_interference(self, now: float) -> None:
         verdict = self.verdict
+        if self.integrity.alarmed == (INTERFERENCE in self.ctx.active_alarms()):
+            return  # the usual epoch: nothing changes
         if self.integrity.alarmed:
             self.ctx.raise_alarm(INTERFERENCE, "warning", mono=now, state=self.values(), reason=verdict.reason,
                                  reasons=list(verdict.reasons))

@@ -26,6 +26,10 @@ spoofer win by parking a fake position.
 
 GPS time counts (IntegrityVerdict.time_agreed) only once TIME_AGREE_EPOCHS epochs in a row agreed
 with the monotonic clock, so one forged RMC never re-stamps a message.
+
+Limits: the references live in memory. A spoofer already on the air when the agent starts gives the
+first position and time, which the jump rules then defend (the sky rules, dates and the receiver's own
+warnings still apply); a slow drift (under MAX_SPEED_MPS, a few metres a second) is not a jump.
 """
 
 from __future__ import annotations

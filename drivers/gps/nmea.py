@@ -642,7 +642,8 @@ class EpochDecoder:
             s.gsv_snr = []
         s.last_gsv_talker = talker
         s.gsv_count += sum(1 for prn in f[3::4] if prn.isdigit() and prn.strip("0"))
-        s.gsv_snr += [int(snr) for snr in f[6::4] if snr.isdigit() and len(snr) <= 2]
+        # (00 or empty: not tracked, e.g. almanac entries at a cold start; not a signal strength)
+        s.gsv_snr += [int(snr) for snr in f[6::4] if snr.isdigit() and len(snr) <= 2 and snr != "00"]
         if part >= total:
             s.sats_seen = s.gsv_count
             s.snr = tuple(s.gsv_snr)
