@@ -329,7 +329,9 @@ def test_probe_port_finds_nmea(make_pty):
     with Receiver(pty):
         ok, message = probe_port(str(pty.path), 9600, 2.0)
     assert ok, message
-    assert "9600 baud" in message and "GGA" in message and "RMC" in message
+    # The probe stops after three checked sentences, so which kinds it names depends on where in an
+    # epoch it started reading: any of the epoch's position sentences will do.
+    assert "9600 baud" in message and ("GGA" in message or "RMC" in message)
 
 
 def test_probe_port_explains_what_is_wrong(make_pty, tmp_path):
