@@ -173,7 +173,10 @@ class HostileGpsd:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        self.client, _ = self.server.accept()
+        try:
+            self.client, _ = self.server.accept()
+        except OSError:  # closed before the driver came
+            return
         self._accepted.set()
 
     def say(self, data: bytes) -> None:
