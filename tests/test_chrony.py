@@ -30,8 +30,8 @@ def make_chrony(tmp_path: Path):
     """A real `chronyd -x` of its own per call (the only way a test runs it), stopped by its pid."""
     started: list[Chrony] = []
 
-    def make(name: str = "chrony") -> Chrony:
-        daemon = Chrony(tmp_path / name).start()
+    def make(name: str = "chrony", **options) -> Chrony:
+        daemon = Chrony(tmp_path / name, **options).start()
         started.append(daemon)
         return daemon
 
@@ -153,6 +153,30 @@ def test_the_driver_without_chrony_counts_quietly_and_feeds_it_once_it_runs(tmp_
         stop.set()
         driver.stop()
         feeder.join(timeout=3)
+
+
+def test_a_clock_a_year_behind_gps_is_what_chrony_would_step_and_this_one_stays(tmp_path, make_pty, make_chrony):
+    """The box's case: fake-hwclock left the clock 400 days behind and GPS knows better. chrony
+    (`makestep`, as Debian's chrony.conf has it) would step the clock; `chronyd -x` only says so."""
+    daemon = make_chrony(extra="makestep 1 3\n")
+    pty = make_pty()
+    driver = _driver(tmp_path, pty.path, daemon)
+    ahead_s = 400 * 86400.0
+    wall_minus_mono = time.time() - time.monotonic()
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed_real_time, args=(pty, stop, {"time_shift_s": ahead_s}), daemon=True)
+    feeder.start()
+    driver.start()
+    try:
+        wait_until(lambda: "System clock wrong by" in daemon.log(), 30, "chrony to find the clock wrong")
+    finally:
+        stop.set()
+        driver.stop()
+        feeder.join(timeout=3)
+    wrong_by = float(daemon.log().split("System clock wrong by ")[1].split()[0])
+    assert abs(wrong_by - ahead_s) < 2.0  # the samples said how far, to within NMEA's second
+    assert "Could not step system clock" in daemon.log()  # -x: chrony may not touch it ...
+    assert abs((time.time() - time.monotonic()) - wall_minus_mono) < 1.0  # ... and nothing did
 
 
 @pytest.mark.parametrize("spell", [{"lat": HOME[0] + 0.36}, {"time_shift_s": 3600.0}], ids=["40 km jump", "time jump"])
