@@ -167,6 +167,12 @@ def load(path: str | Path, *, simulate: bool | None = None, secret_owner: Accoun
         raise ConfigError(f"invalid TOML: {err}", file=file) from None
     base_dir = Path(path).resolve().parent
 
+    # A driver registered as "section.key" owns that key of a core section: `[box] tamper = {...}`.
+    for name in REGISTRY:
+        parent, _, key = name.partition(".")
+        if key and isinstance(raw.get(parent), dict) and key in raw[parent]:
+            raw[name] = raw[parent][key]
+            raw[parent] = {k: v for k, v in raw[parent].items() if k != key}
     known = {"simulate", *CORE_SECTIONS, *REGISTRY}
     for key in raw:
         if key not in known:

@@ -1,6 +1,8 @@
 """`make demo`: a private broker, the agent on simulated hardware, and the live messages.
 
-Runs until Ctrl-C, then stops the agent and the broker it started (by their pids).
+Runs until Ctrl-C, then stops the agent and the broker it started (by their pids). An argument names
+another simulation config (`make demo DEMO=config/simulate-modbus.toml`: the generator's controller
+over Modbus).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ CONFIG = ROOT / "config" / "simulate.toml"
 WORKDIR = ROOT / ".demo"
 
 
-def main() -> int:
-    settings = tomllib.loads(CONFIG.read_text())
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    config = Path(args[0]).resolve() if args else CONFIG
+    settings = tomllib.loads(config.read_text())
     port = settings["mqtt"]["port"]
     if port_in_use(port):
         print(f"demo: port {port} on 127.0.0.1 is in use (another demo still running?); "
-              f"stop it or change mqtt.port in {CONFIG}", file=sys.stderr)
+              f"stop it or change mqtt.port in {config}", file=sys.stderr)
         return 69
     WORKDIR.mkdir(exist_ok=True)
     broker = Broker(WORKDIR / "broker", port).start()
@@ -39,7 +43,7 @@ def main() -> int:
     viewer = _viewer(port)
     try:
         with open(agent_log, "ab") as log:
-            agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(CONFIG)],
+            agent = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(config)],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         print(f"demo: mosquitto on 127.0.0.1:{port}, agent pid {agent.pid} (log: {agent_log})")
         print("demo: live messages on boxtel/# -- Ctrl-C to stop\n")

@@ -173,7 +173,10 @@ def driver_entities(box: Box, section: str, stream: str, config: Any = None) -> 
     if section == "water":
         return _water(stream, config)
     if section == "locker":
-        return _locker(stream)
+        return _locker(stream, config)
+    if section == "box.tamper":
+        return [binary("box_tamper", "Box tamper", stream, "'box_tamper' in (value_json.alarms | default([]))",
+                       device_class="tamper")]
     return []  # a driver this version does not know how to present
 
 
@@ -229,8 +232,24 @@ def _generator(s: str, config: Any = None) -> list[Entity]:
                json_attributes_template="{{ {'faults': value_json.faults} | tojson }}"),
         problem("generator_alarm", "Generator alarm", s),
     ]
-    if _wired(config, "fuel"):  # without a fuel sender fuel_pct is always null
+    controller = config is None or getattr(config, "source", "gpio") == "modbus"
+    if controller or _wired(config, "fuel"):  # without a fuel sender (or a controller) fuel_pct is always null
         entities.insert(1, sensor("generator_fuel_pct", "Fuel", s, "fuel_pct", unit="%", icon="mdi:gas-station"))
+    if config is None or getattr(config, "tank_litres", None) is not None:
+        entities += [
+            sensor("generator_fuel_l", "Fuel in tank", s, "fuel_l", unit="L", device_class="volume_storage"),
+            sensor("generator_fuel_lph", "Fuel consumption", s, "fuel_lph", unit="L/h", device_class="volume_flow_rate"),
+            sensor("generator_hours_to_empty", "Fuel time left", s, "hours_to_empty", unit="h", device_class="duration"),
+        ]
+    if controller:  # what a genset controller reports besides
+        entities += [
+            sensor("generator_battery_v", "Generator battery", s, "battery_v", unit="V", device_class="voltage"),
+            sensor("generator_rpm", "Engine speed", s, "rpm", unit="rpm", icon="mdi:engine"),
+            sensor("generator_engine_state", "Engine state", s, "engine_state", state_class=None, icon="mdi:engine"),
+            sensor("generator_load_kw", "Generator load", s, "load_kw", unit="kW", device_class="power"),
+            sensor("generator_oil_kpa", "Oil pressure", s, "oil_kpa", unit="kPa", device_class="pressure"),
+            sensor("generator_coolant_c", "Coolant temperature", s, "coolant_c", unit="°C", device_class="temperature"),
+        ]
     return entities
 
 
@@ -261,12 +280,16 @@ def _wired(config: Any, *inputs: str) -> bool:
     return config is None or any(getattr(config, name, None) is not None for name in inputs)
 
 
-def _locker(s: str) -> list[Entity]:
+def _locker(s: str, config: Any = None) -> list[Entity]:
     name = s.split("/", 1)[1] if "/" in s else s
     key = f"locker_{name}"
-    return [
+    entities = [
         binary(f"{key}_door", f"{name} door", s, "value_json.door == 'open'", device_class="door",
                json_attributes_template="{{ {'since': value_json.since} | tojson }}"),
         binary(f"{key}_armed", f"{name} armed", s, "value_json.armed", icon="mdi:shield-lock"),
         problem(f"{key}_alarm", f"{name} alarm", s),
     ]
+    if config is None or hasattr(config.door, "eol"):  # a supervised loop: shorted, cut or unreadable
+        entities.append(binary(f"{key}_tamper", f"{name} tamper", s, "value_json.tamper", device_class="tamper",
+                               json_attributes_template="{{ {'loop': value_json.loop} | tojson }}"))
+    return entities

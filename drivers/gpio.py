@@ -31,6 +31,7 @@ from drivers.base import Driver, DriverContext
 
 BCM_PINS = range(0, 28)  # GPIO0..GPIO27 on the 40-pin header of every Pi since the B+
 ADC_CHIPS = {"MCP3008": 1023, "MCP3208": 4095}  # chip -> largest raw reading
+ADC_CHANNELS = {"MCP3008": 8, "MCP3208": 8}  # single-ended inputs per chip
 CHATTER_WINDOW_S = 2.0  # edges are counted over this window
 _EDGES_KEPT = 4096  # bounds memory on a floating pin; still far above any chatter limit
 _SAVE_COUNTERS_S = 60.0  # run_hours / total_l: a power cut costs at most this much of them
@@ -57,20 +58,36 @@ class InputConfig:
 
 
 @dataclass(kw_only=True)
-class AdcConfig:
+class AdcChannel:
     """One channel of an MCP3008 (10 bit) or MCP3208 (12 bit) ADC on the SPI bus."""
 
     chip: str = setting("MCP3008", choices=tuple(ADC_CHIPS), doc="ADC chip")
     channel: int = setting(min=0, max=7, doc="ADC channel (0-7)")
     spi_port: int = setting(0, min=0, max=1, doc="SPI bus (0: GPIO9-11)")
     spi_device: int = setting(0, min=0, max=1, doc="chip select (0: CE0/GPIO8, 1: CE1/GPIO7)")
+
+    def validate(self) -> None:
+        if self.channel >= ADC_CHANNELS[self.chip]:
+            raise SettingError("channel", f"a {self.chip} has channels 0-{ADC_CHANNELS[self.chip] - 1}")
+
+    @property
+    def top(self) -> int:
+        """The chip's largest raw reading (full scale: the input at the reference voltage)."""
+        return ADC_CHIPS[self.chip]
+
+
+@dataclass(kw_only=True)
+class AdcConfig(AdcChannel):
+    """One channel of an MCP3008 (10 bit) or MCP3208 (12 bit) ADC on the SPI bus, read as a level."""
+
     raw_empty: int = setting(0, min=0, max=4095, doc="raw reading at 0 % (two-point calibration)")
     raw_full: int | None = setting(None, min=0, max=4095, doc="raw reading at 100 %; default: the chip's maximum")
     smoothing: int = setting(5, min=1, max=100, doc="average over this many samples (sloshing, noise)")
     interval_s: float = setting(5.0, min=0.1, max=3600.0, doc="seconds between samples")
 
     def validate(self) -> None:
-        top = ADC_CHIPS[self.chip]
+        AdcChannel.validate(self)
+        top = self.top
         if self.raw_full is None:
             self.raw_full = top
         for key in ("raw_empty", "raw_full"):
@@ -102,7 +119,7 @@ def input_claims(key: str, inputs: dict[str, InputConfig | None]) -> list[tuple[
 _SPI_PINS = {0: ((9, 10, 11), (8, 7)), 1: ((19, 20, 21), (18, 17))}
 
 
-def adc_claims(key: str, adc: AdcConfig) -> list[tuple[str, str]]:
+def adc_claims(key: str, adc: AdcChannel) -> list[tuple[str, str]]:
     """The channel is the ADC's alone; the bus pins are shared with other ADC users, never with an input."""
     bus, selects = _SPI_PINS[adc.spi_port]
     claims = [(key, f"ADC channel {adc.channel} on SPI{adc.spi_port}.{adc.spi_device}")]
@@ -144,9 +161,9 @@ def _make_factory(name: str) -> Any:
     from gpiozero import Device
 
     if name == "mock":
-        from gpiozero.pins.mock import MockFactory
+        from drivers.gpio_sim import mock_factory
 
-        return MockFactory()
+        return mock_factory()
     if name == "":
         return Device._default_pin_factory()  # gpiozero's own preference order (lgpio first)
     from importlib.metadata import entry_points
@@ -295,21 +312,27 @@ class PulseCounter:
         self.device.close()
 
 
+def open_adc(config: AdcChannel, factory: Any) -> Any:
+    """gpiozero's MCP3008/MCP3208 on `config`'s channel (gpiozero shares one SPI interface between the
+    channels of a chip)."""
+    import gpiozero
+
+    # gpiozero shares one SPI bus object per pin set. A closed bus that the cyclic garbage collector
+    # finalizes late unregisters whichever bus holds its key by then, and the next ADC would try to
+    # take the SPI pins again (GPIOPinInUse). Finalize such leftovers before registering ours.
+    gc.collect()
+    return getattr(gpiozero, config.chip)(
+        channel=config.channel, port=config.spi_port, device=config.spi_device, pin_factory=factory,
+    )
+
+
 class AnalogInput:
     """One ADC channel, smoothed and calibrated to percent."""
 
     def __init__(self, label: str, config: AdcConfig, factory: Any):
-        import gpiozero
-
         self.label = label
         self.config = config
-        # gpiozero shares one SPI bus object per pin set. A closed bus that the cyclic garbage collector
-        # finalizes late unregisters whichever bus holds its key by then, and the next ADC would try to
-        # take the SPI pins again (GPIOPinInUse). Finalize such leftovers before registering ours.
-        gc.collect()
-        self.device = getattr(gpiozero, config.chip)(
-            channel=config.channel, port=config.spi_port, device=config.spi_device, pin_factory=factory,
-        )  # gpiozero shares one SPI interface between the channels of a chip
+        self.device = open_adc(config, factory)
         self._samples: deque[int] = deque(maxlen=config.smoothing)
         self.last_raw: int | None = None
 

@@ -21,12 +21,14 @@ from tests.test_homeassistant import check_documented
 BOX = "test-001"
 BASE = f"boxtel/{BOX}"
 SPEED = 4.0  # the GPIO scenario's minute in 15 s
-STATE_STREAMS = ("gps", "generator", "water", "locker/armory-1", "locker/armory-2", "health")
+STATE_STREAMS = ("gps", "generator", "water", "locker/armory-1", "locker/armory-2", "locker/armory-3",
+                 "locker/armory-4", "tamper", "health")
 # Every kind of GPIO event and every GPIO alarm raised and cleared in the scenario's first minute.
 EVENT_KINDS = {"generator_started", "generator_stopped", "door_opened", "door_closed", "gps_connected",
                "fix_acquired", "home_learned"}
 GPIO_ALARMS = {"generator_fault:low_oil", "fuel_low", "tank_low", "tank_overflow", "leak_detected",
-               "continuous_flow", "door_open_too_long", "door_opened_while_armed", "door_switch_fault"}
+               "continuous_flow", "door_open_too_long", "door_opened_while_armed", "door_switch_fault",
+               "door_tamper", "box_tamper"}
 # Health fields Home Assistant reads that the durable outbox (issue 5) adds to the agent.
 NOT_YET_SENT = {"outbox_oldest_s"}
 
@@ -83,8 +85,8 @@ def test_what_the_agent_publishes_is_what_home_assistant_the_console_and_the_doc
         isinstance(row["gps"]["lon"], float) and isinstance(row["gps"]["home_distance_m"], float)
     assert isinstance(row["generator"]["running"], bool) and isinstance(row["generator"]["fuel_pct"], float)
     assert isinstance(row["water"]["tank_pct"], float) and isinstance(row["water"]["total_l"], float)
-    assert set(row["doors"]) == {"armory-1", "armory-2"}
-    assert all(door["door"] in ("open", "closed") for door in row["doors"].values())
+    assert set(row["doors"]) == {"armory-1", "armory-2", "armory-3", "armory-4"}
+    assert all(door["door"] in ("open", "closed", "unknown") for door in row["doors"].values())
     assert isinstance(row["outbox_depth"], int) and row["clock_source"] in ("ntp", "gps", "unsynced")
     assert isinstance(row["alarms"], list) and row["seq_lost"] == 0
 
@@ -166,7 +168,8 @@ class DocContract:
             self.sections[heading.strip()] = body
         common = self.names(next(body for heading, body in self.sections.items() if heading.startswith("Common")))
         self.fields = {topic: self.names(self.sections[f"`{topic}`"]) | common
-                       for topic in ("status", "gps", "generator", "water", "locker/<name>", "health", "events")}
+                       for topic in ("status", "gps", "generator", "water", "locker/<name>", "tamper", "health",
+                                     "events")}
         rows = re.findall(r"^\| `([^`|]+)`(?:, `([^`|]+)`)? \| `?([^|`]+)`? \| `?([^|`]+)`? \|",
                           self.sections["`events`"], flags=re.M)
         self.severity: dict[str, str] = {}  # kind or alarm -> severity

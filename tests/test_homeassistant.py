@@ -38,6 +38,8 @@ SENSOR_UNITS = {
     "duration": {"d", "h", "min", "s", "ms"}, "temperature": {"°C", "°F", "K"}, "data_size": {"B", "kB", "MB", "GB", "KiB", "MiB", "GiB"},
     "speed": {"m/s", "km/h", "kn", "mph"}, "distance": {"m", "km", "ft", "mi"},
     "volume_flow_rate": {"L/min", "L/h", "m³/h", "gal/min"}, "water": {"L", "m³", "gal"}, "enum": {None},
+    "volume_storage": {"L", "mL", "m³", "gal"}, "voltage": {"V", "mV"}, "power": {"W", "kW"},
+    "pressure": {"Pa", "hPa", "kPa", "bar", "mbar", "psi"},
 }
 STATE_CLASSES = {"measurement", "total", "total_increasing"}
 SOURCE_TYPES = {"gps", "router", "bluetooth", "bluetooth_le"}
@@ -218,3 +220,23 @@ def test_the_documented_acl_lets_a_box_announce_only_itself(make_broker, make_co
         assert "refused" not in agent.log()
     finally:
         ha.close()
+
+
+def test_a_modbus_generator_announces_the_controller_fields_and_the_tank_its_litres():
+    from drivers.generator import GeneratorConfig
+    from drivers.gpio import InputConfig
+
+    modbus = GeneratorConfig(source="modbus", controller="dse", device="/dev/ttyUSB0", tank_litres=500.0)
+    keys = {e.key for e in driver_entities(BOX, "generator", "generator", modbus)}
+    assert {"generator_fuel_pct", "generator_fuel_l", "generator_fuel_lph", "generator_hours_to_empty",
+            "generator_battery_v", "generator_rpm", "generator_engine_state", "generator_load_kw",
+            "generator_oil_kpa", "generator_coolant_c"} <= keys
+    payload = {"running": True, "fuel_pct": 63, "fuel_l": 315.0, "fuel_lph": 4.2, "hours_to_empty": 75.0,
+               "battery_v": 27.4, "rpm": 1500, "engine_state": "running", "load_kw": 12.5, "oil_kpa": None}
+    entities = {e.key: e for e in driver_entities(BOX, "generator", "generator", modbus)}
+    assert render(entities["generator_rpm"].options["value_template"], payload) == "1500"
+    assert render(entities["generator_fuel_l"].options["value_template"], payload) == "315.0"
+    assert render(entities["generator_oil_kpa"].options["value_template"], payload) == "None"  # unknown in HA
+    gpio = GeneratorConfig(running=InputConfig(pin=17))
+    keys = {e.key for e in driver_entities(BOX, "generator", "generator", gpio)}
+    assert not keys & {"generator_rpm", "generator_fuel_l", "generator_battery_v"}
