@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from drivers.gps import nmea
+from drivers.gps import gpsd_source, nmea
 from drivers.gps.driver import GpsConfig
 from drivers.gps.gpsd_source import BAD_FIELDS, JSON_ERRORS, MAX_LINE, GpsdSource, parse_address
 from drivers.gps.sim import HOME, epoch_sentences
@@ -211,6 +213,7 @@ def test_hostile_gpsd_json_never_kills_the_thread_nor_makes_a_fix(tmp_path, make
             _tpv(lat="52.0"), _tpv(mode=9), _tpv(mode="3", lat=1.0), _tpv(time="yesterday", lat=1.5),
             _tpv(time="9999-12-31T23:59:59.000Z", lat=1.6), _tpv(altMSL=1e300, lat=1.7), _tpv(speed=-5, lat=1.8),
             _tpv(track=float("-inf"), lat=1.9), b'{"class":"TPV","mode":3,"lat":NaN,"lon":5}\n',
+            _tpv(lat=10**400), _tpv(mode=[]), _tpv(mode={"3": 3}),  # too big for a float; unhashable modes
             b'{"class":"SKY","hdop":1e999,"pdop":-1,"satellites":[1,"a",null,{"used":"yes"}]}\n',
             b'{"class":"SKY","nSat":1e9,"uSat":-3}\n',
         ]
@@ -300,3 +303,33 @@ def test_gpsd_without_reports_from_the_receiver_goes_stale(tmp_path, make_pty, m
     box.readings.clear()
     box.wait_reading(lambda r: r["fix"] == "3d", "a fix again", feed=FIX)
     assert box.driver.health()["gps_link"] == "connected"
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.just(10**400) | st.floats() | st.text(max_size=30),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     max_leaves=12)
+_TPV_KEYS = ("mode", "time", "lat", "lon", "altMSL", "alt", "speed", "track", "device")
+_SKY_KEYS = ("satellites", "nSat", "uSat", "hdop", "pdop")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["TPV", "SKY", "VERSION", 7]),
+                          st.dictionaries(st.sampled_from(_TPV_KEYS + _SKY_KEYS), _JSON, max_size=9)), max_size=6),
+       st.integers(min_value=1, max_value=97))
+def test_any_gpsd_json_gives_fixes_within_bounds_or_none(reports, cut):
+    """Whatever gpsd sends, cut anywhere: no exception, and every fix's values are in their bounds."""
+    lines = b"".join(json.dumps({"class": kind, **fields}).encode() + b"\n" for kind, fields in reports)
+    source = GpsdSource("127.0.0.1:2947", 5.0, nmea.new_stats())
+    fixes = [fix for start in range(0, len(lines), cut) for fix in source.take(lines[start:start + cut], 1.0).fixes]
+    assert len(fixes) <= sum(1 for kind, _ in reports if kind == "TPV")
+    for fix in fixes:
+        if fix.has_position:
+            assert -90 <= fix.lat <= 90 and -180 <= fix.lon <= 180 and fix.fix in {"2d", "3d"}
+        else:
+            assert fix.lat is None and fix.lon is None
+        for name, (low, high) in nmea.PLAUSIBLE.items():
+            value = getattr(fix, name)
+            assert value is None or low <= value <= high, (name, value)
+        assert fix.epoch_s is None or gpsd_source.EARLIEST <= fix.epoch_s <= gpsd_source.LATEST
+        assert fix.sats is None or 0 <= fix.sats <= gpsd_source.MAX_SATELLITES
+        assert all(0 < ss <= 99 for ss in fix.snr)

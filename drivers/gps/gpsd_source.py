@@ -3,8 +3,9 @@
 It connects to `gpsd` (host:port, loopback in practice), asks `?WATCH={"enable":true,"json":true}` and
 turns TPV reports (time, mode, position, speed, course) into one `Fix` each, with the satellites and DOPs
 of the latest SKY. gpsd's output is input like any other: a line is at most MAX_LINE bytes, a line that
-is not JSON is counted (`json_errors`), and every field a fix takes passes `_number()` (finite, in range)
-or is dropped and counted (`bad_fields`); nothing in a report can raise out of `read()`.
+is not JSON is counted (`json_errors`), and every field a fix takes passes `_number()` (finite, within
+the decoder's PLAUSIBLE bounds) or is dropped and counted (`bad_fields`); nothing in a report can raise
+out of `read()`.
 """
 
 from __future__ import annotations
@@ -129,9 +130,12 @@ class GpsdSource:
             data = sock.recv(65536)
         except TimeoutError:
             return Batch(mono=time.monotonic())
-        now = time.monotonic()
         if not data:
             raise ConnectionResetError(f"gpsd at {self.address} closed the connection")
+        return self.take(data, time.monotonic())
+
+    def take(self, data: bytes, now: float) -> Batch:
+        """What gpsd sent (any bytes, any cut) -> the fixes it finished; never raises."""
         batch = Batch(mono=now)
         for line in self._lines(data):
             fix = self._report(line, now)
@@ -197,8 +201,9 @@ class GpsdSource:
         value = report.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                or not low <= value <= high:
+        # (an int of 4000 digits is finite but not a float: compared as it is, never converted)
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
             self.stats[BAD_FIELDS] += 1
             return None
         return float(value)
@@ -217,7 +222,7 @@ class GpsdSource:
             else:
                 fix.epoch_s = epoch_s
                 fix.time = iso_ms(epoch_s)
-        if isinstance(mode, bool) or mode not in _MODES:
+        if not isinstance(mode, int) or isinstance(mode, bool) or mode not in _MODES:
             if mode is not None:
                 self.stats[BAD_FIELDS] += 1
             return fix
@@ -228,10 +233,10 @@ class GpsdSource:
         fix.fix, fix.lat, fix.lon = _MODES[mode], lat, lon
         if mode == 3:
             altitude = "altMSL" if "altMSL" in report else "alt"  # gpsd < 3.20 had only alt (MSL)
-            fix.alt_m = self._number(report, altitude, -1000.0, 100_000.0)
-        speed = self._number(report, "speed", 0.0, 1000.0)
+            fix.alt_m = self._number(report, altitude, *nmea.PLAUSIBLE["alt_m"])
+        speed = self._number(report, "speed", *nmea.PLAUSIBLE["speed_mps"])
         fix.speed_mps = None if speed is None else round(speed, 3)
-        fix.course_deg = self._number(report, "track", 0.0, 360.0)
+        fix.course_deg = self._number(report, "track", *nmea.PLAUSIBLE["course_deg"])
         return fix
 
     def _sky_values(self, report: dict) -> dict[str, Any]:
@@ -251,7 +256,7 @@ class GpsdSource:
             if used is not None:
                 values["sats"] = int(used)
         for key in ("hdop", "pdop"):
-            value = self._number(report, key, 0.0, 100.0)
+            value = self._number(report, key, *nmea.PLAUSIBLE[key])
             if value is not None:
                 values[key] = round(value, 2)
         return values
