@@ -214,7 +214,8 @@ class GpsDriver(Driver):
             self.ctx.clock.gps_time(fix.epoch_s, fix.mono)
             if self.chrony is not None:
                 self.chrony.send(fix.epoch_s, fix.mono)
-                self.chrony_sources.poll(now)
+        if self.chrony_sources is not None:  # also while suspect: health shows chrony letting GPS go
+            self.chrony_sources.poll(now)
         if fix.has_position and not had_position:
             self.ctx.event("fix_acquired", fix=fix.fix, lat=_round(fix.lat, 7), lon=_round(fix.lon, 7),
                            sats=fix.sats, mono=now)
