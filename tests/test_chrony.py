@@ -282,3 +282,29 @@ def test_bad_gps_time_settings_are_one_line_config_errors(make_config, gps, key)
     assert done.returncode == 78, done.stdout + done.stderr
     assert key in done.stderr and str(config) in done.stderr and "Traceback" not in done.stderr
     assert "\x1b" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_says_when_the_agents_samples_never_reach_chronys_refclock(tmp_path, broker, make_config,
+                                                                         run_agent, make_chrony):
+    """Something else listens where the agent sends (a stale socket, a path that is not the refclock
+    line's): the agent counts samples sent, chrony none -- doctor says so, with the running agent's figures."""
+    import socket as sockets
+
+    from tests.support import boxtel
+
+    daemon = make_chrony()
+    elsewhere = sockets.socket(sockets.AF_UNIX, sockets.SOCK_DGRAM)
+    elsewhere.bind(str(tmp_path / "not-chrony.sock"))
+    try:
+        config = make_config(broker, {"gps": {"chrony_socket": str(tmp_path / "not-chrony.sock"),
+                                              "chrony_command_socket": str(daemon.command_socket)}})
+        run_agent(config, "--simulate")
+        elsewhere.settimeout(30)
+        assert elsewhere.recv(64)  # the agent is sending
+        done = wait_until(lambda: (d := boxtel("doctor", "-c", str(config))) and "samples to" in d.stdout and d,
+                          30, "doctor to see the agent's samples")
+    finally:
+        elsewhere.close()
+    [line] = [line for line in done.stdout.splitlines() if line[5:].startswith("chrony:")]
+    assert line.startswith("FAIL chrony: the agent sent ") and "chrony used none (reach 0)" in line
+    assert "must name that very socket" in line

@@ -534,9 +534,9 @@ def _chrony(ctx: Context, gps: Any) -> Result:
                       f"the chrony.conf line must read `{line}`; restart chrony")
     if state == chrony.UNREACHABLE:
         if sent:
-            return Result(FAIL, "chrony", f"the agent sent {sent} samples, chrony used none (reach 0)",
-                          "chrony drops samples of another size: is chrony built for the same 32/64-bit time_t "
-                          "as this Python? (journalctl -u chrony)")
+            return Result(FAIL, "chrony", f"the agent sent {sent} samples to {path}, chrony used none (reach 0)",
+                          "the refclock SOCK line must name that very socket; and chrony drops samples of another "
+                          "size: is it built for the same 32/64-bit time_t as this Python?")
         return Result(WARN, "chrony", "chrony has the GPS refclock but no samples yet",
                       "the agent sends one per trusted fix: is it running, with a fix (boxtel status)?")
     if state == chrony.NOT_SELECTED:
