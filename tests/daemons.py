@@ -54,7 +54,7 @@ class Source:
 class Chrony:
     """`chronyd -x -d` with a private config whose only source is `refclock SOCK <dir>/gps.sock refid GPS`."""
 
-    def __init__(self, folder: Path, refclock_options: str = "poll 0 delay 0.2", extra: str = ""):
+    def __init__(self, folder: Path, refclock_options: str = "poll 0 delay 0.2 filter 2", extra: str = ""):
         # `chronyd -x` disables a command socket in a folder others may enter: 0700, and run as root
         # (-u root, -x still) so the folder stays its own.
         self.folder = folder
