@@ -175,12 +175,28 @@ def _make_factory(name: str) -> Any:
 
 
 # -- inputs ------------------------------------------------------------------------------------------
+def watch_edges(config: InputConfig, factory: Any, on_edge: Callable[[int, bool], None]) -> Any:
+    """A gpiozero InputDevice on the configured pin whose every edge calls `on_edge(ticks, state)` on
+    gpiozero's thread, through the public Pin API (`edges`, `bounce`, `when_changed`): no debounce or
+    event logic of gpiozero's in between (its `bounce_time` reports the wrong final state of a train).
+    gpiozero holds `on_edge` by a weak reference: pass a bound method of the object that owns the device."""
+    from gpiozero import InputDevice
+
+    device = InputDevice(config.pin, pull_up=config.pull_up, pin_factory=factory)
+    try:
+        device.pin.bounce = None
+        device.pin.edges = "both"
+        device.pin.when_changed = on_edge
+    except BaseException:
+        device.close()
+        raise
+    return device
+
+
 class DebouncedInput:
     """A switch on a pin: raw edges from gpiozero's thread, settled state for the driver's thread."""
 
     def __init__(self, label: str, config: InputConfig, factory: Any, wake: Callable[[], None]):
-        from gpiozero import DigitalInputDevice
-
         self.label = label
         self.config = config
         self._debounce_s = config.debounce_ms / 1000.0
@@ -189,14 +205,8 @@ class DebouncedInput:
         self._edges: deque[float] = deque(maxlen=_EDGES_KEPT)
         self._settle_at: float | None = None
         self._train_start: float | None = None
-        owner = self
-
-        class _Device(DigitalInputDevice):
-            def _pin_changed(self, ticks, state):  # gpiozero's thread: note the edge and return
-                owner._on_edge()
-
         # gpiozero ties "active" to the pull; we read raw levels and apply active_high ourselves.
-        self.device = _Device(config.pin, pull_up=config.pull_up, pin_factory=factory)
+        self.device = watch_edges(config, factory, self._on_edge)
         self.active = self._read_active()  # the state at start comes from the pin, never from memory
         self.chattering = False
         self._chatter_seen = 0.0
@@ -208,7 +218,7 @@ class DebouncedInput:
     def _read_active(self) -> bool:
         return bool(self.raw) == self.config.active_high
 
-    def _on_edge(self) -> None:
+    def _on_edge(self, ticks: int, state: bool) -> None:  # gpiozero's thread: note the edge and return
         now = time.monotonic()
         with self._lock:
             self._edges.append(now)
@@ -274,25 +284,17 @@ class PulseCounter:
     can run at hundreds of Hz)."""
 
     def __init__(self, label: str, config: InputConfig, factory: Any):
-        from gpiozero import DigitalInputDevice
-
         self.label = label
         self.config = config
         self.count = 0
         self._lock = threading.Lock()
         self._edges: deque[float] = deque(maxlen=_EDGES_KEPT)
-        owner = self
+        self.device = watch_edges(config, factory, self._on_edge)
 
-        class _Device(DigitalInputDevice):
-            def _pin_changed(self, ticks, state):
-                owner._on_edge(bool(state))
-
-        self.device = _Device(config.pin, pull_up=config.pull_up, pin_factory=factory)
-
-    def _on_edge(self, high: bool) -> None:
+    def _on_edge(self, ticks: int, state: bool) -> None:
         with self._lock:
             self._edges.append(time.monotonic())
-            if high == self.config.active_high:
+            if bool(state) == self.config.active_high:
                 self.count += 1
 
     def total(self) -> int:
