@@ -3,7 +3,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["footprint", "gps", "gpio", "fleet", "replay"]
+BENCHMARKS = ["footprint", "gps", "gpio", "fleet", "replay", "soak"]
 
 
 def main(argv: list[str]) -> int:
