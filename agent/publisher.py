@@ -4,6 +4,12 @@ Threads: paho's network thread (one per connection, `loop_start()`), and our sup
 connects, waits for the connection to end and reconnects with exponential backoff and jitter (paho's
 own reconnect has no jitter, so a hundred boxes behind one cell tower would retry in lockstep).
 
+Two boxes with one box id (a cloned SD card, a copied config) take the connection from each other.
+The one taken over does not fight: it reports it and waits a long, growing delay before it tries again
+(its outbox keeps everything meanwhile). MQTT 5 brokers say so (DISCONNECT reason 0x8E); one that just
+closes the socket (mosquitto before 2.0.15) is recognised by the status it leaves on our topic: at a
+reconnect, the retained status belongs to another agent instance (`instance` in the status payload).
+
 Every connection gets a fresh paho client: paho resends its in-memory queue on reconnect, but the
 outbox is the store, so nothing of a dead connection may be sent twice behind its back.
 
@@ -19,6 +25,7 @@ import json
 import logging
 import queue
 import random
+import secrets
 import ssl
 import threading
 import time
@@ -43,6 +50,17 @@ log = logging.getLogger("boxtel.mqtt")
 _CONNECT_TIMEOUT_S = 10.0
 _STABLE_CONNECTION_S = 30.0  # a connection that lasted this long resets the backoff
 _OFFLINE_ACK_WAIT_S = 2.0  # on stop: how long to wait for the broker to take our clean "offline"
+# Taken over by another client with our box id: wait 60-120 s, doubling up to 15-30 min while it goes on;
+# a connection that then holds for an hour means the other box is gone.
+_TAKEOVER_MIN_S = 120.0
+_TAKEOVER_MAX_S = 1800.0
+_TAKEOVER_FORGET_S = 3600.0
+_SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason codes
+_KEEPALIVE_TIMEOUT = 0x8D
+
+
+def takeover_problem(box_id: str) -> str:
+    return f"another client with box id {box_id} took over the connection: two boxes share this id?"
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,15 @@ class Connected:
 class Disconnected:
     session: int
     reason: str
+    code: int | None = None  # the MQTT 5 reason code
+
+
+@dataclass(frozen=True)
+class _Status:
+    """A message on our own status topic; `retained`: it was there before we subscribed."""
+
+    payload: dict[str, Any]
+    retained: bool
 
 
 @dataclass(frozen=True)
@@ -125,6 +152,9 @@ class Publisher:
         self._discovery = discovery_messages(config, __version__) if config.homeassistant.enabled else []
         self._discovery_mids: set[int] = set()
         self._backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        self._takeover_backoff = Backoff(_TAKEOVER_MIN_S, _TAKEOVER_MAX_S)
+        # Tells this process's statuses from those of another agent using the same box id.
+        self.instance = secrets.token_hex(4)
         self._work: queue.SimpleQueue = queue.SimpleQueue()  # wake-ups for the supervisor
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,6 +167,12 @@ class Publisher:
         self.reconnects = 0
         self.connect_failures = 0
         self.births_republished = 0
+        self.takeovers = 0
+        self.last_takeover_mono: float | None = None
+        self._taken_over = False  # the connection that just ended was taken over
+        self._rival_seen = False  # a status of another instance was on our topic at a reconnect
+        self._broker_leaving = False  # the broker sent us our own will: it is shutting down
+        self._last_loss_counted = False  # the last connection loss was counted as a takeover
         self.last_error: str | None = None
         self.last_error_mono: float | None = None
         self.last_progress = time.monotonic()
@@ -201,6 +237,9 @@ class Publisher:
             "connect_failures": self.connect_failures,
             "births_republished": self.births_republished,
             "mqtt_last_error": self.last_error,
+            "mqtt_takeovers": self.takeovers,
+            "mqtt_takeover_ago_s": None if self.last_takeover_mono is None else round(now - self.last_takeover_mono),
+            "mqtt_takeover_problem": takeover_problem(self.config.box.id) if self.takeovers else None,
         }
 
     # -- the supervisor thread ---------------------------------------------------------------------
@@ -211,12 +250,22 @@ class Publisher:
             client = self._connect()
             if client is not None:
                 self._wait_for_disconnect(client)
-                if time.monotonic() - started >= _STABLE_CONNECTION_S:
+                lasted = time.monotonic() - started
+                if lasted >= _STABLE_CONNECTION_S:
                     self._backoff.reset()
+                if lasted >= _TAKEOVER_FORGET_S:
+                    self._takeover_backoff.reset()
+                    self._rival_seen = False
             if self._stopping.is_set():
                 break
-            delay = self._backoff.next_delay()
-            log.info("reconnecting in %.1f s", delay)
+            if self._taken_over:
+                self._taken_over = False
+                delay = self._takeover_backoff.next_delay()
+                log.warning("%s (%d times); not fighting over it: reconnecting in %.0f s, the outbox keeps "
+                            "everything meanwhile", takeover_problem(self.config.box.id), self.takeovers, delay)
+            else:
+                delay = self._backoff.next_delay()
+                log.info("reconnecting in %.1f s", delay)
             self._sleep(delay)
 
     def _connect(self) -> mqtt.Client | None:
@@ -249,14 +298,50 @@ class Publisher:
         while True:
             item = self._work.get()
             self.last_progress = time.monotonic()
-            if item == "stop" or (isinstance(item, Disconnected) and item.session == self.session):
+            if item == "stop":
                 break
-            if isinstance(item, dict):
+            if isinstance(item, Disconnected) and item.session == self.session:
+                if not self._stopping.is_set():
+                    self._classify_loss(item)
+                break
+            if isinstance(item, _Status):
                 self._check_status(client, item)
         client.loop_stop()
 
-    def _check_status(self, client: mqtt.Client, status: dict[str, Any]) -> None:
-        """A stale will (from an earlier session) overwrote our birth: publish the birth again."""
+    def _classify_loss(self, item: Disconnected) -> None:
+        """Was the connection taken over by another client with our box id?"""
+        # A broker that just closes the socket: another box with our id was seen at a recent reconnect.
+        suspect = self._rival_seen and not self._broker_leaving and item.code != _KEEPALIVE_TIMEOUT
+        self._last_loss_counted = item.code == _SESSION_TAKEN_OVER or suspect
+        if self._last_loss_counted:
+            self._took_over()
+
+    def _took_over(self, *, wait: bool = True) -> None:
+        self.takeovers += 1
+        self.last_takeover_mono = time.monotonic()
+        self._taken_over = wait
+        if wait:  # the supervisor logs it, with the wait
+            self.last_error, self.last_error_mono = takeover_problem(self.config.box.id), self.last_takeover_mono
+        else:
+            self._record_error(takeover_problem(self.config.box.id))
+
+    def _check_status(self, client: mqtt.Client, message: _Status) -> None:
+        status = message.payload
+        if message.retained:
+            # What was on our topic before our birth. Another instance's status after a reconnect of
+            # ours: another client with our id held the connection meanwhile (a broker without reason
+            # 0x8E closed ours without saying why). At our first connect it is our predecessor's.
+            other = status.get("instance")
+            if isinstance(other, str) and other != self.instance and self.connects > 1:
+                if not self._last_loss_counted:
+                    self._took_over(wait=False)  # the loss before this connection, recognised now
+                self._rival_seen = True
+            return
+        if status.get("state") == "offline" and status.get("session") == self.session and \
+                status.get("instance") == self.instance:
+            self._broker_leaving = True  # brokers send the wills of all clients as they shut down
+            return
+        # A stale will (from an earlier session) overwrote our birth: publish the birth again.
         if status.get("state") == "offline" and status.get("session") != self.session and self.connected:
             log.warning(
                 "a stale last will (session %s) replaced our status; republishing birth (session %d)",
@@ -330,6 +415,9 @@ class Publisher:
             self._record_error(f"broker refused the connection: {reason_code}")
             self.connect_failures += 1
             return
+        self._broker_leaving = False
+        # Subscribed before the birth: the retained status the broker returns is the one from before it.
+        client.subscribe(self.status_topic, qos=1)
         # The birth is queued before `connected` lets the core publish: nothing of a session may reach
         # the broker ahead of its birth.
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
@@ -342,7 +430,6 @@ class Publisher:
         if self.connects > 1:
             self.reconnects += 1
         log.info("connected to %s:%d (session %d)", self.settings.host, self.settings.effective_port, session)
-        client.subscribe(self.status_topic, qos=1)
         self._notify(Connected(session))
 
     def _on_disconnect(self, session: int, client, userdata, flags, reason_code, properties) -> None:
@@ -351,10 +438,11 @@ class Publisher:
             self.connected = False
         self.connected_since = None
         reason = str(reason_code)
+        code = getattr(reason_code, "value", None)
         if was_connected and not self._stopping.is_set():
             self._record_error(f"connection lost: {reason}")
-        self._work.put(Disconnected(session, reason))
-        self._notify(Disconnected(session, reason))
+        self._work.put(Disconnected(session, reason, code))
+        self._notify(Disconnected(session, reason, code))
 
     def _on_publish(self, session: int, client, userdata, mid, reason_code, properties) -> None:
         error = f"{reason_code} (0x{reason_code.value:02x})" if reason_code.is_failure else None
@@ -371,7 +459,7 @@ class Publisher:
         except ValueError:
             return
         if isinstance(status, dict):
-            self._work.put(status)
+            self._work.put(_Status(status, bool(message.retain)))
 
     # -- helpers -----------------------------------------------------------------------------------
     def _status_payload(self, state: str, reason: str | None = None, *, session: int | None = None) -> str:
@@ -382,6 +470,7 @@ class Publisher:
             "site": self.config.box.site,
             "boot_id": self._boot_id,
             "session": self.session if session is None else session,
+            "instance": self.instance,
         }
         if reason:
             payload["reason"] = reason

@@ -399,6 +399,7 @@ class Agent:
             "agent_uptime_s": round(time.monotonic() - self.started_mono),
             **self.outbox_fields(),
             "reconnects": self.publisher.reconnects,
+            "mqtt_takeovers": self.publisher.takeovers,
             "publish_errors": self.publish_errors,
             "last_publish_error": self.last_publish_error,
             "mqtt_last_error": self.publisher.last_error,

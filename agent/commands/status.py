@@ -84,6 +84,9 @@ def _mqtt(snap: dict[str, Any]) -> list[Mark]:
     else:
         why = snap.get("mqtt_last_error") or "no connection yet"
         marks = [Mark("mqtt", FAIL, f"not connected to {broker}: {why}")]
+    if snap.get("mqtt_takeovers"):
+        marks.append(Mark("mqtt", FAIL, f"{snap['mqtt_takeover_problem']} ({snap['mqtt_takeovers']} times, last "
+                          f"{duration(snap.get('mqtt_takeover_ago_s'))} ago; each box needs its own box.id)"))
     if snap.get("publish_errors"):
         marks.append(Mark("mqtt", WARN, f"the broker refused {snap['publish_errors']} publishes "
                           f"(ACL?): {snap.get('last_publish_error')}"))
