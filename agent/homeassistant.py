@@ -184,8 +184,8 @@ def _host(h: str) -> list[Entity]:
         sensor("memory_pct", "Memory used", h, "memory_pct", unit="%"),
         sensor("disk_free_mb", "Disk free", h, "disk_free_mb", unit="MiB", device_class="data_size"),  # 2^20 bytes
         sensor("temperature_c", "CPU temperature", h, "temperature_c", unit="°C", device_class="temperature"),
-        sensor("uptime_s", "Uptime", h, "uptime_s", unit="s", device_class="duration",
-               state_class="total_increasing", diagnostic=True),
+        # Not total_increasing: it starts again at every boot; that is no meter going back.
+        sensor("uptime_s", "Uptime", h, "uptime_s", unit="s", device_class="duration", diagnostic=True),
         Entity("binary_sensor", "undervoltage", "Under-voltage", h,
                {"value_template": power % "undervoltage", "payload_on": "ON", "payload_off": "OFF",
                 "device_class": "problem"}),

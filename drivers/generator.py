@@ -50,6 +50,7 @@ class GeneratorDriver(GpioDriver):
     Config = GeneratorConfig
     simulator = "drivers.gpio_sim:GeneratorSimulator"
     alarm_prefixes = ("fuel_low", "generator_fault")
+    counters = ("run_hours",)
 
     @classmethod
     def claims(cls, config: GeneratorConfig, key: str) -> list[tuple[str, str]]:
@@ -69,7 +70,7 @@ class GeneratorDriver(GpioDriver):
             self.tick_s = min(self.tick_s, self.config.fuel.interval_s)
 
     def begin(self, now: float) -> None:
-        self.run_hours = float(self.saved.get("run_hours", 0.0))
+        self.run_hours = self.ctx.resume_counter("run_hours", float(self.saved.get("run_hours", 0.0)))
         self.run_s = float(self.saved.get("run_s", 0.0))
         self._accounted_at = now
         self.fuel_pct: float | None = None
