@@ -107,7 +107,10 @@ class Message:
 class Subscriber:
     """A real MQTT client that records every message it gets and waits on conditions."""
 
-    def __init__(self, port: int, topics: str | list[str] = "#", *, client_id: str | None = None, **connect: Any):
+    def __init__(self, port: int, topics: str | list[str] = "#", *, client_id: str | None = None,
+                 session_expiry_s: int = 0, **connect: Any):
+        """`session_expiry_s`: a persistent session (with `client_id`), as a dashboard keeps: the broker
+        queues what comes while it is away, across a broker restart with persistence."""
         self.messages: list[Message] = []
         self._lock = threading.Lock()
         self._topics = [topics] if isinstance(topics, str) else topics
@@ -121,7 +124,16 @@ class Subscriber:
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         if "username" in connect:
             self.client.username_pw_set(connect.pop("username"), connect.pop("password", None))
-        self.client.connect("127.0.0.1", port)
+        if session_expiry_s:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = session_expiry_s
+            self.client.connect("127.0.0.1", port, clean_start=False, properties=properties)
+            self.client.reconnect_delay_set(0.1, 0.5)  # back quickly after a broker restart
+        else:
+            self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise AssertionError("test subscriber could not subscribe")
