@@ -10,7 +10,7 @@ import tomllib
 from agent.config import load
 from agent.homeassistant import discovery_messages
 from agent.outbox import HISTORY, LIVE, Outbox
-from agent.runtime import HEALTH, _counters
+from agent.runtime import HEALTH, Agent, _counters
 from tests.support import ROOT, wait_until
 
 BASE = "boxtel/test-001"
@@ -91,3 +91,15 @@ def test_every_total_increasing_field_home_assistant_gets_is_a_counter(make_conf
     assert {("generator", "run_hours"), ("water", "total_l"), (HEALTH, "reconnects")} <= set(totals)
     missing = [(s, f) for s, f in totals if f not in counters.get(s, ()) and (s, f) != (HEALTH, "dropped")]
     assert not missing, missing
+
+
+def test_health_reconnects_resume_from_the_last_value_published(make_config, tmp_path):
+    config = load(make_config(None))
+    box = Outbox(config.state_dir / "outbox.db", counters={HEALTH: ("reconnects",)})
+    box.accept(LIVE, HEALTH, {"reconnects": 7})
+    box.close()
+    agent = Agent(config)
+    try:
+        assert agent.publisher.reconnects == 7 and agent.health_fields()["reconnects"] == 7
+    finally:
+        agent.outbox.close()

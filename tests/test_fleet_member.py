@@ -64,6 +64,11 @@ def test_two_boxes_with_one_box_id_do_not_fight_and_say_why(broker, make_config,
     assert f"FAIL box id: {PROBLEM}" in doctor.stdout
     text = boxtel("status", "-c", str(configs[[first, clone].index(waiting)])).stdout
     assert PROBLEM in text and "not connected" in text
+    # the fleet console, fed what the broker delivered, shows the box as a conflict
+    model = FleetModel()
+    for message in sub.on(STATUS):
+        model.ingest(message.topic, message.raw, message.retain)
+    assert model.boxes["test-001"].id_conflicts >= 1
 
 
 def _publisher(tmp_path, make_config) -> Publisher:
