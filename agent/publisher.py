@@ -23,9 +23,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import queue
 import random
-import secrets
 import ssl
 import threading
 import time
@@ -154,7 +154,7 @@ class Publisher:
         self._backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         self._takeover_backoff = Backoff(_TAKEOVER_MIN_S, _TAKEOVER_MAX_S)
         # Tells this process's statuses from those of another agent using the same box id.
-        self.instance = secrets.token_hex(4)
+        self.instance = os.urandom(4).hex()
         self._work: queue.SimpleQueue = queue.SimpleQueue()  # wake-ups for the supervisor
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None

@@ -51,7 +51,7 @@ def test_two_boxes_with_one_box_id_do_not_fight_and_say_why(broker, make_config,
     # (mosquitto 2.0.11): the status changes hands a few times while they find out, then stays.
     time.sleep(max(0.0, 30.0 - (time.monotonic() - started)))
     owners = flips(sub)
-    assert 2 <= len(owners) <= 5, owners  # without the fix: every reconnect delay (0.1-2 s) a flip
+    assert 2 <= len(owners) <= 8, owners  # without the fix: every reconnect delay (0.1-2 s) a flip
     assert first.alive() and clone.alive()
 
     waiting, holding = (first, clone) if "not fighting over it" in first.log() else (clone, first)
