@@ -1,6 +1,6 @@
 """The outbox against a real broker restart: mosquitto with persistence (as in production) restarted while
-the agent is killed, and an outbox that overflows during an outage -- its files within `max_mb`, and every
-seq gap a subscriber sees counted in `health.dropped`."""
+the agent is killed; and an outbox that overflows while the box's link is cut -- its files within `max_mb`,
+and every seq gap a subscriber sees counted in `health.dropped`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from agent.outbox import EVENT
 from agent.outbox import HISTORY as HISTORY_PRIO
 from tests import test_outbox_faults
 from tests.loadgen import load_config
+from tests.proxy import CUT, PASS
 from tests.support import Subscriber, wait_until
 from tests.test_outbox_faults import (
     BASE,
@@ -26,7 +27,8 @@ from tests.test_outbox_faults import (
     outbox_rows,
 )
 
-run_load = test_outbox_faults.run_load  # the fixture: `boxtel run` with the [load] driver
+run_load = test_outbox_faults.run_load  # fixtures: `boxtel run` with the [load] driver, a link proxy
+proxy = test_outbox_faults.proxy
 
 
 def queued_events(state_dir: Path) -> int:
@@ -80,25 +82,27 @@ def test_broker_restart_with_persistence_and_a_sigkill_while_it_is_down_lose_not
 
 
 def test_an_outbox_full_during_an_outage_stays_within_max_mb_and_each_gap_is_counted_dropped(
-        broker, make_config, subscribe, run_load, tmp_path):
+        broker, proxy, make_config, subscribe, run_load, tmp_path):
     max_mb = 1.0
+    INFLIGHT = 5  # noqa: N806
     state_dir = tmp_path / "state"
     sub = subscribe(f"{BASE}/#")
     config = make_config(broker, load_config(
-        {**FAST_HEALTH, "outbox": {"max_mb": max_mb, "history_interval_s": 0.0, "flush_interval_s": 0.2}},
+        {**FAST_HEALTH, "mqtt": {"port": proxy.port, "inflight": INFLIGHT},
+         "outbox": {"max_mb": max_mb, "history_interval_s": 0.0, "flush_interval_s": 0.2}},
         readings_per_s=600.0, events_per_s=2.0))
     agent = run_load(config)
     sub.wait_for(EVENTS, lambda p: p["k"] >= 2)
-    broker.stop()
+    proxy.set_mode(CUT)  # the box's link goes; the subscriber stays connected
 
     sizes: list[int] = []
     parts: dict[str, int] = {}
 
-    def on_disk() -> int:
+    def on_disk() -> int:  # the database and its WAL (the -shm index is 32 kB of shared memory)
         files = {p.name: p.stat().st_size for p in state_dir.glob("outbox.db*") if p.exists()}
         for name, size in files.items():
             parts[name] = max(parts.get(name, 0), size)
-        sizes.append(sum(files.values()))
+        sizes.append(files.get("outbox.db", 0) + files.get("outbox.db-wal", 0))
         return sizes[-1]
 
     def dropped() -> int:  # from the log: a reader of the database would hold its WAL from checkpoints
@@ -106,9 +110,9 @@ def test_an_outbox_full_during_an_outage_stays_within_max_mb_and_each_gap_is_cou
         counts = re.findall(r"; (\d+) dropped in all", agent.log())
         return int(counts[-1]) if counts else 0
 
-    wait_until(lambda: dropped() >= 2000, timeout=60, what="the outbox full, dropping its oldest history")
-    assert max(sizes) <= max_mb * 2**20, f"db+wal+shm reached {max(sizes)} bytes ({parts})"
-    broker.start()
+    wait_until(lambda: dropped() >= 500, timeout=60, what="the outbox full, dropping its oldest history")
+    assert max(sizes) <= max_mb * 2**20, f"db+wal reached {max(sizes)} bytes ({parts})"
+    proxy.set_mode(PASS)
     wait_until(lambda: not [r for r in outbox_rows(state_dir)[0].values() if r[0] == HISTORY_PRIO], timeout=60,
                what="the backlog delivered")
     total_dropped = outbox_rows(state_dir)[2]
@@ -119,7 +123,10 @@ def test_an_outbox_full_during_an_outage_stays_within_max_mb_and_each_gap_is_cou
     seen = delivered(sub)
     queued, last_seq, final_dropped = outbox_rows(state_dir)
     gaps = set(range(1, last_seq + 1)) - set(seen) - set(queued)
-    assert final_dropped == total_dropped and len(gaps) == total_dropped > 0
+    assert final_dropped == total_dropped and total_dropped > 0
+    # Each gap is counted. The count may also hold messages in flight at the cut: the broker may have
+    # had them without its PUBACK getting back, so the box cannot tell, and they were dropped later.
+    assert len(gaps) <= total_dropped <= len(gaps) + INFLIGHT
     assert max(sizes) <= max_mb * 2**20
     events = [json.loads(next(iter(p))) for s, p in seen.items() if b'"load_tick"' in next(iter(p))]
     ks = sorted(e["k"] for e in events)
