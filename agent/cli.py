@@ -12,7 +12,7 @@ import sys
 
 from agent import __version__
 from agent.config import DEFAULT_PATH
-from agent.errors import EX_USAGE, BoxtelError
+from agent.errors import EX_USAGE, BoxtelError, one_line
 
 COMMANDS: dict[str, str] = {
     "run": "agent.commands.run",
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args._module.run(args)
     except BoxtelError as err:
-        print(f"boxtel: {err}", file=sys.stderr)
+        print(f"boxtel: {one_line(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return 130

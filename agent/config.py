@@ -16,6 +16,7 @@ from agent.errors import ConfigError
 from agent.homeassistant import HomeAssistantSettings
 from agent.schema import SettingError, build, setting
 from agent.secretfile import check_secret_file, read_secret
+from agent.serviceuser import Account
 
 DEFAULT_PATH = "/etc/boxtel/agent.toml"
 
@@ -40,7 +41,7 @@ class BoxSettings:
 
 @dataclass(kw_only=True)
 class MqttSettings:
-    host: str = setting("localhost", doc="broker host name or address")
+    host: str = setting("localhost", doc="broker host name or address; default localhost (a broker on the box)")
     port: int | None = setting(None, min=1, max=65535, doc="default 1883, or 8883 with tls")
     protocol: str = setting("5", choices=("5", "3.1.1"), doc="MQTT 5 shows refused publishes; 3.1.1 hides them")
     username: str | None = setting(None, doc="default: the box id (brokers bind identity to it)")
@@ -60,9 +61,16 @@ class MqttSettings:
     )
 
     def validate(self) -> None:
+        if not self.host.strip():
+            raise SettingError("host", "must not be empty (leave it out for localhost)")
+        if any(c.isspace() or c == "/" for c in self.host):
+            raise SettingError("host", f'"{self.host}" is not a host name or address: give the name alone, e.g. '
+                               'broker.example.org (port and tls are keys of their own)')
         if not self.topic_prefix or any(c in self.topic_prefix for c in "+#") or \
                 self.topic_prefix.startswith("/") or self.topic_prefix.endswith("/"):
             raise SettingError("topic_prefix", "must be a topic without wildcards or leading/trailing '/'")
+        if self.topic_prefix.startswith("$"):
+            raise SettingError("topic_prefix", 'must not start with "$" (brokers reserve $-topics: $SYS, $share)')
         if bool(self.cert_file) != bool(self.key_file):
             raise SettingError("cert_file", "cert_file and key_file go together")
         if self.tls_insecure and not self.tls:
@@ -86,7 +94,7 @@ class OutboxSettings:
     max_mb: float = setting(64.0, min=1.0, max=100000.0, doc="size on disk; when full, oldest history goes first")
     flush_interval_s: float = setting(1.0, min=0.05, max=60.0, doc="readings are committed in groups this often")
     history_interval_s: float = setting(60.0, min=0.0, max=86400.0, doc="offline: keep one reading per stream this often")
-    replay_rate: float = setting(0.0, min=0.0, doc="history replay, messages per second; 0 = unlimited")
+    replay_rate: float = setting(0.0, min=0.0, max=100000.0, doc="history replay, messages per second; 0 = unlimited")
 
 
 @dataclass(kw_only=True)
@@ -145,8 +153,9 @@ class Config:
         return [entry.config for entry in self.drivers if entry.section == section]
 
 
-def load(path: str | Path, *, simulate: bool | None = None) -> Config:
-    """Read and validate the config at `path`; `simulate` overrides the file's `simulate` key."""
+def load(path: str | Path, *, simulate: bool | None = None, secret_owner: Account | None = None) -> Config:
+    """Read and validate the config at `path`; `simulate` overrides the file's `simulate` key.
+    `secret_owner`: who must own the secret files (default: us, the agent's own user)."""
     from drivers import REGISTRY, driver_class
 
     file = str(path)
@@ -204,7 +213,7 @@ def load(path: str | Path, *, simulate: bool | None = None) -> Config:
     )
     _check_unique_instances(config)
     _check_claims(config)
-    _check_files(config)
+    _check_files(config, secret_owner)
     return config
 
 
@@ -236,13 +245,16 @@ def _check_claims(config: Config) -> None:
             owners.setdefault(resource, (key, shared))
 
 
-def _check_files(config: Config) -> None:
+def _check_files(config: Config, owner: Account | None) -> None:
     mqtt = config.mqtt
     for key in ("ca_file", "cert_file"):
         path = getattr(mqtt, key)
         if path and not Path(path).is_file():
             raise ConfigError(f"{path} does not exist or is not a file", file=config.file, key=f"mqtt.{key}")
+        if path and Path(path).stat().st_size == 0:
+            raise ConfigError(f"{path} is empty: it must hold a PEM certificate", file=config.file, key=f"mqtt.{key}")
     if mqtt.key_file:
-        check_secret_file(mqtt.key_file, file=config.file, key="mqtt.key_file")
+        check_secret_file(mqtt.key_file, file=config.file, key="mqtt.key_file",
+                          holds="the client's private key (PEM)", owner=owner)
     if mqtt.password_file:
-        check_secret_file(mqtt.password_file, file=config.file, key="mqtt.password_file")
+        read_secret(mqtt.password_file, file=config.file, key="mqtt.password_file", owner=owner)

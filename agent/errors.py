@@ -11,6 +11,21 @@ EX_UNAVAILABLE = 69  # a service we need is not there (no agent running, broker 
 EX_SOFTWARE = 70  # internal error: a bug, reported with a traceback in the log
 EX_CONFIG = 78  # configuration error
 
+def unsafe_char(char: str) -> bool:
+    """Unicode's control characters (category Cc: C0, DEL, C1), line and paragraph separators (Zl, Zp)
+    and lone surrogates (Cs): in a topic, client id, payload or log line they forge lines and confuse
+    terminals and tools. Spelled out, so the daemon need not load unicodedata."""
+    code = ord(char)
+    return code < 0x20 or 0x7F <= code <= 0x9F or code in (0x2028, 0x2029) or 0xD800 <= code <= 0xDFFF
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters and line breaks escaped (\\n, \\x1b, \\u2028): one error is one line,
+    and a value from a hostile file cannot forge a log or terminal line."""
+    if text.isprintable():
+        return text
+    return "".join(char.encode("unicode_escape").decode("ascii") if unsafe_char(char) else char for char in text)
+
 
 class BoxtelError(Exception):
     """An error the user can act on; `str()` is the whole message."""
@@ -31,7 +46,7 @@ class ConfigError(BoxtelError):
 
     def __str__(self) -> str:
         parts = [p for p in (self.file, self.key) if p]
-        return ": ".join([*parts, self.detail])
+        return one_line(": ".join([*parts, self.detail]))
 
 
 class DataError(BoxtelError):

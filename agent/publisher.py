@@ -44,6 +44,7 @@ from agent.clock import Clock
 from agent.config import Config, MqttSettings
 from agent.errors import ConfigError
 from agent.homeassistant import discovery_messages
+from agent.tlswords import describe, pem_problem
 
 log = logging.getLogger("boxtel.mqtt")
 
@@ -94,14 +95,23 @@ class Delivered:
 
 def tls_context(settings: MqttSettings, *, file: str) -> ssl.SSLContext:
     """Build the TLS context, naming the key that holds a bad CA, certificate or key file."""
+    pems = [("mqtt.ca_file", settings.ca_file), ("mqtt.cert_file", settings.cert_file),
+            ("mqtt.key_file", settings.key_file if settings.cert_file else "")]
+    for key, path in pems:
+        problem = path and pem_problem(path, private_key=key == "mqtt.key_file")  # before OpenSSL's "PEM lib"
+        if problem:
+            raise ConfigError(problem, file=file, key=key)
     try:
         context = ssl.create_default_context(cafile=settings.ca_file or None)
     except (ssl.SSLError, OSError) as err:
         raise ConfigError(f"cannot load CA file {settings.ca_file}: {err}", file=file, key="mqtt.ca_file") from None
     if settings.cert_file:
         try:
-            context.load_cert_chain(settings.cert_file, settings.key_file)
-        except (ssl.SSLError, OSError) as err:
+            context.load_cert_chain(settings.cert_file, settings.key_file, password=_no_passphrase)
+        except (ssl.SSLError, OSError, ValueError) as err:
+            if "KEY_VALUES_MISMATCH" in str(err):
+                raise ConfigError(f"{settings.key_file} is not the private key of {settings.cert_file}",
+                                  file=file, key="mqtt.key_file") from None
             raise ConfigError(
                 f"cannot load client certificate {settings.cert_file} with key {settings.key_file}: {err}",
                 file=file,
@@ -286,7 +296,8 @@ class Publisher:
                 **({"clean_start": True} if self._v5 else {}),
             )
         except (OSError, ssl.SSLError, ValueError) as err:
-            self._record_error(f"cannot connect to {self.settings.host}:{self.settings.effective_port}: {_why(err)}")
+            self._record_error(f"cannot connect to {self.settings.host}:{self.settings.effective_port}: "
+                               f"{describe(err, tls=self._tls is not None)}")
             self.connect_failures += 1
             return None
         with self._client_lock:
@@ -483,11 +494,6 @@ class Publisher:
         self.last_error_mono = time.monotonic()
 
 
-def _why(err: BaseException) -> str:
-    if isinstance(err, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted ({err.verify_message})"
-    if isinstance(err, ssl.SSLError):
-        return f"TLS error ({err.reason or err})"
-    if isinstance(err, OSError) and err.strerror:
-        return err.strerror
-    return str(err) or type(err).__name__
+def _no_passphrase() -> str:
+    """OpenSSL would otherwise ask for an encrypted key's passphrase on the terminal (or hang a daemon)."""
+    raise ValueError("the private key is protected by a passphrase")

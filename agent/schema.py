@@ -1,7 +1,8 @@
 """Declarative config schema: a config section is a dataclass, each key a `setting()`.
 
 Drivers declare their section next to their code (as mqtt-io does); `build()` validates a parsed TOML
-table against it completely -- unknown keys, wrong types, ranges, choices, required keys -- and raises
+table against it completely -- unknown keys, wrong types, ranges, choices, required keys, numbers
+that are not finite, strings with control characters -- and raises
 `ConfigError` naming the key path, so a user gets one line that says what is wrong and where.
 """
 
@@ -9,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, unsafe_char
 
 _NO_DEFAULT = dataclasses.MISSING
 
@@ -26,11 +28,17 @@ def setting(
     min: float | None = None,  # noqa: A002 - reads naturally at the call site
     max: float | None = None,  # noqa: A002
     choices: tuple[Any, ...] | None = None,
+    keys: tuple[str, ...] | None = None,
     path: bool = False,
+    inf_ok: bool = False,
     factory: Any = None,
 ) -> Any:
-    """One config key. `path=True` resolves a relative path against the config file's folder."""
-    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "path": path}
+    """One config key. `path=True` resolves a relative path against the config file's folder.
+
+    A float is always finite unless `inf_ok` (then `inf`, never `nan` or `-inf`, is accepted: for a
+    value where "never" is a meaning, like a deadband). A table (`dict[str, X]`) with `keys` accepts
+    only those keys, as a section accepts only its fields."""
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "keys": keys, "path": path, "inf_ok": inf_ok}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     if isinstance(default, list | dict):
@@ -97,6 +105,11 @@ def _convert(hint: Any, value: Any, meta: dict, key: str, base_dir: Path, file: 
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"expected a table, got {_describe(value)}", file=file, key=key)
+        known = meta.get("keys")
+        for name in value:
+            _check_text(name, f"{key}.{name}", file, path=False)
+            if known is not None and name not in known:
+                raise ConfigError(_unknown_key_message(name, known), file=file, key=f"{key}.{name}")
         return {k: _convert(args[1], v, meta, f"{key}.{k}", base_dir, file) for k, v in value.items()}
     return _scalar(hint, value, meta, key, base_dir, file)
 
@@ -112,12 +125,19 @@ def _scalar(hint: Any, value: Any, meta: dict, key: str, base_dir: Path, file: s
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"expected a number, got {_describe(value)}", file=file, key=key)
         value = float(value)
+        # nan compares false with every bound, so it would pass any range and switch the check it feeds off
+        if math.isnan(value) or (math.isinf(value) and not (meta.get("inf_ok") and value > 0)):
+            low, high = meta.get("min"), meta.get("max")
+            wanted = _range_text(low, high) if low is not None or high is not None else "a finite number"
+            raise ConfigError(f"expected {wanted}{' (or inf)' if meta.get('inf_ok') else ''}, got {_show(value)}",
+                              file=file, key=key)
     elif hint is str:
         if not isinstance(value, str):
             expected = "a string"
             if meta.get("choices"):
                 expected = "one of " + ", ".join(_show(c) for c in meta["choices"]) + " (quoted)"
             raise ConfigError(f"expected {expected}, got {_describe(value)}", file=file, key=key)
+        _check_text(value, key, file, path=bool(meta.get("path")))
     else:
         raise TypeError(f"unsupported type {hint!r} in schema at {key}")
     choices = meta.get("choices")
@@ -133,6 +153,23 @@ def _scalar(hint: Any, value: Any, meta: dict, key: str, base_dir: Path, file: s
     return value
 
 
+MAX_TEXT = 256  # a name, host, site or topic level; it rides in payloads billed per MB
+MAX_PATH = 4096  # PATH_MAX
+
+
+def _check_text(value: str, key: str, file: str, *, path: bool) -> None:
+    """Refuse control characters in every string: they become topics, client ids, payloads and log lines.
+    A path only refuses U+0000 (no file name can hold it; open() would raise)."""
+    longest = MAX_PATH if path else MAX_TEXT
+    if len(value) > longest:
+        raise ConfigError(f"{len(value)} characters long: at most {longest}", file=file, key=key)
+    for index, char in enumerate(value):
+        if char == "\0" or (not path and unsafe_char(char)):
+            raise ConfigError(
+                f"control character U+{ord(char):04X} at position {index + 1} is not allowed", file=file, key=key
+            )
+
+
 def _range_text(low: float | None, high: float | None) -> str:
     if low is not None and high is not None:
         return f"a value from {_show(low)} to {_show(high)}"
@@ -141,7 +178,9 @@ def _range_text(low: float | None, high: float | None) -> str:
     return f"a value of at most {_show(high)}"
 
 
-def _unknown_key_message(key: str, fields: dict) -> str:
+def _unknown_key_message(key: str, fields: dict | tuple[str, ...]) -> str:
+    if not fields:
+        return "unknown key (this table takes none)"
     close = difflib.get_close_matches(key, list(fields), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(fields)})"
     return f"unknown key{hint}"
@@ -165,8 +204,10 @@ def _show(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, float) and value.is_integer():
+        return f'"{value}"' if len(value) <= 64 else f'"{value[:60]}..."'
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return str(value)
 

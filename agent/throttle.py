@@ -25,8 +25,10 @@ class StreamSettings:
     max_interval_s: float = setting(
         300.0, min=1.0, max=86400.0, doc="re-send an unchanged value this often"
     )
+    # A stream names its numeric fields in `keys` (none here: a key no stream sends is a typo). inf is
+    # "never a reason to send on its own"; it hides no alarm: an alarm change is always sent.
     deadband: dict[str, float] = setting(
-        {}, min=0.0, doc="per field: change smaller than this is no change, e.g. { cpu_pct = 5 }"
+        {}, min=0.0, inf_ok=True, keys=(), doc="per field: change smaller than this is no change, e.g. { cpu_pct = 5 }"
     )
 
     def validate(self) -> None:

@@ -3,7 +3,7 @@
 Baseline, measured in the same run against the same loopback mosquitto: a bare paho subscriber (MQTT
 3.1.1 as the console, QoS 1, `boxtel/+/#`, paho's own `loop_start()`) that only counts: what a plain
 Python MQTT consumer takes in here. The console parses and accounts for every message on top, but
-drives paho with its own loop and read-ahead (agent/brokerurl.py), so it can beat the baseline.
+drives paho with its own loop and read-ahead (agent/fleet/broker.py), so it can beat the baseline.
 
 1. model:  `FleetModel.ingest` alone over realistic payloads, against `json.loads` of the same payloads.
 2. live:   `boxtel simulate-fleet --boxes 1000 --rate 10`; console and baseline listen side by side for
@@ -31,7 +31,7 @@ import threading
 import time
 
 from agent.devbroker import Broker
-from agent.fleet import FleetModel, iso_utc
+from agent.fleet.model import FleetModel, iso_utc
 from bench.common import ROOT, env_seconds, python, scratch, verdict
 
 BOXES = 1000

@@ -14,7 +14,7 @@ import time
 import pynmea2
 
 from bench.common import ROOT, env_seconds
-from drivers.nmea import decode_capture, new_stats
+from drivers.gps.nmea import decode_capture, new_stats
 
 CAPTURES = ROOT / "tests" / "data" / "nmea"
 RECEIVER_SENTENCES_PER_S = 20

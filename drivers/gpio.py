@@ -89,7 +89,7 @@ class GpioDriverSettings(StreamSettings):
     """Keys every GPIO driver section accepts besides its inputs."""
 
     chatter_edges_per_s: float = setting(
-        20.0, min=1.0, doc="more raw edges per second than this (over 2 s) is a loose or cut wire, not bounce"
+        20.0, min=1.0, max=1000.0, doc="more raw edges per second than this (over 2 s) is a loose or cut wire, not bounce"
     )
     chatter_clear_s: float = setting(30.0, min=0.1, max=86400.0, doc="a chattering input is fine again after this quiet")
 

@@ -49,7 +49,9 @@ class HostConfig(StreamSettings):
         {"cpu_pct": 10.0, "load_1m": 0.5, "load_5m": 0.5, "load_15m": 0.5, "memory_pct": 5.0,
          "memory_available_mb": 50.0, "disk_free_mb": 100.0, "disk_used_pct": 1.0, "temperature_c": 2.0,
          "uptime_s": float("inf")},
-        min=0.0,
+        min=0.0, inf_ok=True,
+        keys=("cpu_pct", "load_1m", "load_5m", "load_15m", "memory_pct", "memory_available_mb", "disk_free_mb",
+              "disk_used_pct", "temperature_c", "uptime_s"),
         doc="per field: a smaller change is no change; inf: never a reason to send on its own",
     )
     sysfs_root: str = setting("/sys", path=True, doc="where to read hwmon, thermal and firmware files")

@@ -26,7 +26,7 @@ CLOSED = "closed"
 class LockerConfig(GpioDriverSettings):
     name: str = setting(doc="locker name, a topic level: locker/<name> (letters, digits, - _ .)")
     door: InputConfig = setting(doc="door reed switch, active while the door is open")
-    open_too_long_s: float = setting(300.0, min=1.0, doc="door_open_too_long is raised after the door is open this long")
+    open_too_long_s: float = setting(300.0, min=1.0, max=86400.0, doc="door_open_too_long is raised after the door is open this long")
     always_armed: bool = setting(False, doc="armed around the clock (e.g. an armory without day access)")
     armed_schedule: list[str] = setting([], doc='local-time windows when armed, e.g. ["22:00-06:00"]')
     min_interval_s: float = setting(0.0, min=0.0, max=3600.0, doc="never publish this stream more often")

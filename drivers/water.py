@@ -33,7 +33,7 @@ class WaterConfig(GpioDriverSettings):
     float_low: InputConfig | None = setting(None, doc="float switch, active at or below the low mark")
     float_high: InputConfig | None = setting(None, doc="float switch, active at or above the high mark")
     flow: InputConfig | None = setting(None, doc="flow meter pulse output (debounce_ms is not used)")
-    pulses_per_litre: float = setting(450.0, min=0.001, doc="flow meter pulses per litre (its data sheet)")
+    pulses_per_litre: float = setting(450.0, min=0.001, max=100000.0, doc="flow meter pulses per litre (its data sheet)")
     flow_window_s: float = setting(10.0, min=1.0, max=600.0, doc="flow_lpm is the average over this")
     pump: InputConfig | None = setting(None, doc="input active while the pump runs")
     leak: InputConfig | None = setting(None, doc="leak sensor, active when wet")
@@ -41,10 +41,10 @@ class WaterConfig(GpioDriverSettings):
     tank_low_clear_pct: float = setting(20.0, min=0.0, max=100.0, doc="and cleared at or above this")
     tank_high_pct: float = setting(95.0, min=0.0, max=100.0, doc="tank_overflow is raised at or above this")
     tank_high_clear_pct: float = setting(90.0, min=0.0, max=100.0, doc="and cleared at or below this")
-    continuous_flow_s: float = setting(1800.0, min=1.0, doc="flow without a break this long raises continuous_flow")
-    continuous_flow_min_lpm: float = setting(0.0, min=0.0, doc="flow at or below this is no flow")
+    continuous_flow_s: float = setting(1800.0, min=1.0, max=86400.0, doc="flow without a break this long raises continuous_flow")
+    continuous_flow_min_lpm: float = setting(0.0, min=0.0, max=1000.0, doc="flow at or below this is no flow")
     deadband: dict[str, float] = setting({"tank_pct": 2.0, "flow_lpm": 0.5, "total_l": 10.0}, min=0.0,
-                                         doc="per field: a smaller change is no change")
+                                         inf_ok=True, keys=("tank_pct", "flow_lpm", "total_l"), doc="per field: a smaller change is no change")
 
     def validate(self) -> None:
         GpioDriverSettings.validate(self)

@@ -37,6 +37,10 @@ class LinkProxy:
         self.mode = PASS
         self.accepted = 0
         self.swallowed_bytes = 0
+        self.up_bytes = 0  # client -> broker, forwarded (bench/wire counts the link's cost with these)
+        self.down_bytes = 0
+        self.up_chunks = 0  # reads forwarded, ~ TCP segments on a loopback link
+        self.down_chunks = 0
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -145,6 +149,12 @@ class LinkProxy:
             self.swallowed_bytes += len(data)
             pair.dead = True
             return
+        if sock is pair.client:
+            self.up_bytes += len(data)
+            self.up_chunks += 1
+        else:
+            self.down_bytes += len(data)
+            self.down_chunks += 1
         try:
             other.sendall(data)
         except OSError:

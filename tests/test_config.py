@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import dataclasses
+import io
+import math
 import os
 import re
+import tempfile
 import tomllib
+import types
+import typing
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent import config as config_module
+from agent.cli import main
 from agent.errors import EX_CONFIG, ConfigError
 from agent.schema import setting
 from tests.support import ROOT, boxtel, deep_merge, toml_dumps
@@ -141,6 +154,130 @@ def test_safe_secret_is_accepted(tmp_path):
     assert config.mqtt_password() == "hunter2"
 
 
+def _secret(tmp_path, name: str, content: bytes, mode: int = 0o600) -> Path:
+    path = tmp_path / name
+    path.write_bytes(content)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("content", [b"", b"\n", b"\r\n"])
+def test_empty_password_file_is_refused_naming_it(tmp_path, content):
+    secret = _secret(tmp_path, "mqtt.password", content)
+    path, result = check(tmp_path, deep_merge(BASE, {"mqtt": {"password_file": str(secret)}}))
+    assert_one_line_error(result, path, "mqtt.password_file", str(secret), "must hold the password")
+
+
+def _tls(certs, **keys) -> dict:
+    return {"mqtt": {"tls": True, "ca_file": str(certs["ca_crt"]), "cert_file": str(certs["client_crt"]), **keys}}
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"", "is empty: it must hold the client's private key (PEM)"),
+        (b"not a key at all\n", 'is not a PEM private key (no "-----BEGIN ... PRIVATE KEY-----" line)'),
+        (b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n",
+         "is protected by a passphrase the agent cannot type"),
+    ],
+)
+def test_empty_or_garbage_key_file_is_refused_in_words(tmp_path, certs, content, words):
+    key = _secret(tmp_path, "client.key", content)
+    path, result = check(tmp_path, deep_merge(BASE, _tls(certs, key_file=str(key))))
+    assert_one_line_error(result, path, f"mqtt.key_file: {key} {words}")
+    assert "PEM lib" not in result.stderr
+
+
+def test_a_key_that_is_not_the_certificates_is_refused_in_words(tmp_path, certs):
+    key = _secret(tmp_path, "server.key", certs["server_key"].read_bytes())
+    path, result = check(tmp_path, deep_merge(BASE, _tls(certs, key_file=str(key))))
+    assert_one_line_error(result, path, f"mqtt.key_file: {key} is not the private key of {certs['client_crt']}")
+
+
+def test_a_ca_file_that_is_not_pem_is_refused_in_words(tmp_path, certs):
+    garbage = _secret(tmp_path, "ca.crt", b"\x30\x82\x03\x0b not PEM", 0o644)
+    path, result = check(tmp_path, deep_merge(BASE, {"mqtt": {"tls": True, "ca_file": str(garbage)}}))
+    assert_one_line_error(result, path, f'mqtt.ca_file: {garbage} is not a PEM certificate (no "-----BEGIN '
+                          'CERTIFICATE-----" line)')
+
+
+def test_empty_certificate_file_is_refused(tmp_path, certs):
+    empty = _secret(tmp_path, "client.crt", b"", 0o644)
+    key = _secret(tmp_path, "client.key", certs["client_key"].read_bytes())
+    path, result = check(tmp_path, deep_merge(BASE, _tls(certs, cert_file=str(empty), key_file=str(key))))
+    assert_one_line_error(result, path, f"mqtt.cert_file: {empty} is empty: it must hold a PEM certificate")
+
+
+def test_tls_insecure_is_a_warning_line_not_an_error(tmp_path):
+    path, result = check(tmp_path, deep_merge(BASE, {"mqtt": {"tls": True, "tls_insecure": True}}))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"boxtel: warning: {path}: mqtt.tls_insecure: certificate verification is off: anyone on the path can "
+        "pose as the broker (set ca_file to the broker's CA instead)"
+    ]
+    assert f"{path}: OK" in result.stdout
+
+
+# -- secrets as root: judged for the user the service runs as, not for root ----------------------------
+_as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+
+
+def _nobodys_secret(tmp_path) -> Path:
+    secret = _secret(tmp_path, "mqtt.password", b"hunter2\n")
+    os.chown(secret, 65534, 65534)
+    return secret
+
+
+@_as_root
+def test_root_judges_secrets_for_the_user_named_with_dash_dash_user(tmp_path):
+    import pwd
+
+    nobody = pwd.getpwuid(65534).pw_name
+    secret = _nobodys_secret(tmp_path)
+    path = tmp_path / "agent.toml"
+    path.write_text(toml_dumps(deep_merge(BASE, {"mqtt": {"password_file": str(secret)}})))
+    done = boxtel("check-config", "--user", nobody, "-c", str(path))
+    assert done.returncode == 0, done.stderr
+    done = boxtel("check-config", "--user", "root", "-c", str(path))
+    assert_one_line_error(done, path, "mqtt.password_file", f"owned by uid 65534 ({nobody}), not by the agent's "
+                          f"user root (uid 0): chown root {secret}")
+    done = boxtel("check-config", "--user", "no-such-user-here", "-c", str(path))
+    assert done.returncode == 64 and "no such user" in done.stderr
+
+
+@_as_root
+def test_root_judges_secrets_for_the_installed_units_user(tmp_path, monkeypatch, capsys):
+    import pwd
+
+    from agent import serviceuser
+
+    nobody = pwd.getpwuid(65534).pw_name
+    unit = tmp_path / "boxtel.service"
+    unit.write_text(f"[Unit]\nDescription=x\n[Service]\nUser=root\nUser={nobody}\n")
+    monkeypatch.setattr(serviceuser, "UNIT_FILES", (str(tmp_path / "missing.service"), str(unit)))
+    secret = _nobodys_secret(tmp_path)
+    path = tmp_path / "agent.toml"
+    path.write_text(toml_dumps(deep_merge(BASE, {"mqtt": {"password_file": str(secret)}})))
+    assert main(["check-config", "-c", str(path)]) == 0, capsys.readouterr().err
+    monkeypatch.setattr(serviceuser, "UNIT_FILES", (str(tmp_path / "missing.service"),))  # no unit: root
+    assert main(["check-config", "-c", str(path)]) == EX_CONFIG
+    assert "not by the agent's user root (uid 0)" in capsys.readouterr().err
+
+
+def test_unit_user_reads_the_service_section_and_its_drop_ins(tmp_path):
+    from agent.serviceuser import unit_user
+
+    unit = tmp_path / "boxtel.service"
+    unit.write_text("[Unit]\nUser=wrong\n[Service]\nExecStart=/x\nUser = boxtel\n[Install]\nUser=wrong\n")
+    assert unit_user((str(unit),)) == "boxtel"
+    (tmp_path / "boxtel.service.d").mkdir()
+    (tmp_path / "boxtel.service.d" / "10-user.conf").write_text("[Service]\nUser=telemetry\n")
+    assert unit_user((str(unit),)) == "telemetry"
+    (tmp_path / "boxtel.service.d" / "20-reset.conf").write_text("[Service]\nUser=\n")
+    assert unit_user((str(unit),)) == "root"  # an empty assignment resets to systemd's default
+    assert unit_user((str(tmp_path / "none.service"),)) is None
+
+
 # -- hardware claimed twice --------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class _PinConfig:
@@ -219,3 +356,159 @@ def test_simulate_config_is_valid():
     result = boxtel("check-config", "-c", str(ROOT / "config" / "simulate.toml"))
     assert result.returncode == 0, result.stderr
     assert "simulated" in result.stdout
+
+
+# -- regressions as data: tests/data/config_refused/<case>.toml must be refused with <case>.err -------
+REFUSED = ROOT / "tests" / "data" / "config_refused"
+
+
+@pytest.mark.parametrize("case", sorted(p.stem for p in REFUSED.glob("*.toml")))
+def test_refused_config(case, capsys):
+    path = REFUSED / f"{case}.toml"
+    expected = (REFUSED / f"{case}.err").read_text(encoding="utf-8").rstrip("\n")
+    code = main(["check-config", "-c", str(path)])
+    out, err = capsys.readouterr()
+    assert (code, out, err) == (EX_CONFIG, "", f"boxtel: {path}: {expected}\n")
+
+
+def test_every_refused_case_has_its_line():
+    assert {p.stem for p in REFUSED.glob("*.toml")} == {p.stem for p in REFUSED.glob("*.err")}
+
+
+# -- every number: finite and bounded ------------------------------------------------------------
+# The smallest valid table of each section that needs one, with every optional sub-table present, so
+# that the walk below reaches every float key (a section not listed here must load from `{}`).
+MINIMAL: dict[str, Any] = {
+    "box": {"id": "pib-001"},
+    "generator": {"running": {"pin": 17}, "faults": {"low_oil": {"pin": 27}}, "fuel": {"channel": 0}},
+    "water": {"tank": {"channel": 1}, "float_low": {"pin": 5}, "float_high": {"pin": 6}, "flow": {"pin": 13},
+              "pump": {"pin": 19}, "leak": {"pin": 26}},
+    "locker": [{"name": "armory-1", "door": {"pin": 23}}],
+}
+
+
+def _schemas() -> dict[str, type]:
+    from drivers import REGISTRY, driver_class
+
+    return {**config_module.CORE_SECTIONS, **{name: driver_class(name).Config for name in REGISTRY}}
+
+
+def _unwrap(hint: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
+
+
+def _float_keys(cls: type, table: Any, where: tuple) -> list[tuple[tuple, bool]]:
+    """(key path as a tuple of keys and list indexes, inf_ok) of every float setting reachable in
+    `table`, the fields of a float table (a deadband) included."""
+    found = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        hint, path = _unwrap(hints[field.name]), (*where, field.name)
+        inf_ok = bool(field.metadata.get("inf_ok"))
+        if hint is float:
+            found.append((path, inf_ok))
+        elif typing.get_origin(hint) is dict and typing.get_args(hint)[1] is float:
+            found += [((*path, name), inf_ok) for name in field.metadata.get("keys") or ()]
+        elif dataclasses.is_dataclass(hint):
+            assert field.name in table, f"add {'.'.join(map(str, path))} to MINIMAL so its float keys are tried"
+            found += _float_keys(hint, table[field.name], path)
+        elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
+            assert table.get(field.name), f"add an entry to {'.'.join(map(str, path))} in MINIMAL"
+            for name, item in table[field.name].items():
+                found += _float_keys(typing.get_args(hint)[1], item, (*path, name))
+    return found
+
+
+def _all_float_keys() -> list[tuple[tuple, bool]]:
+    keys = []
+    for section, cls in _schemas().items():
+        table = MINIMAL.get(section, {})
+        for i, item in enumerate(table if isinstance(table, list) else [table]):
+            keys += _float_keys(cls, item, (section, i) if isinstance(table, list) else (section,))
+    return keys
+
+
+FLOAT_KEYS = _all_float_keys()
+
+
+def _key_text(path: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if n else p) for n, p in enumerate(path))
+
+
+def test_every_section_has_its_float_keys_walked():
+    paths = dict(FLOAT_KEYS)
+    assert {"outbox", "mqtt", "host", "gps", "generator", "water", "locker"} <= {path[0] for path in paths}
+    assert paths[("locker", 0, "door", "debounce_ms")] is False
+    assert paths[("generator", "faults", "low_oil", "debounce_ms")] is False
+    assert paths[("host", "deadband", "uptime_s")] is True  # inf: "never a reason to send on its own"
+
+
+def _refused(inf_ok: bool) -> st.SearchStrategy:
+    return st.sampled_from([math.nan, -math.inf] if inf_ok else [math.nan, math.inf, -math.inf])
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=st.sampled_from(FLOAT_KEYS).flatmap(lambda key: st.tuples(st.just(key[0]), _refused(key[1]))))
+def test_any_float_key_set_to_nan_or_inf_is_refused_naming_it(case):
+    path, value = case
+    data = copy.deepcopy({"box": MINIMAL["box"], path[0]: MINIMAL.get(path[0], {})})
+    table = data
+    for key in path[:-1]:
+        table = table[key] if isinstance(key, int) else table.setdefault(key, {})
+    table[path[-1]] = value
+    with tempfile.TemporaryDirectory() as folder:
+        file = Path(folder) / "agent.toml"
+        file.write_text(toml_dumps(data))
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            code = main(["check-config", "-c", str(file)])
+    shown = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    assert code == EX_CONFIG
+    assert stderr.getvalue().startswith(f"boxtel: {file}: {_key_text(path)}: expected "), stderr.getvalue()
+    assert stderr.getvalue().endswith(f", got {shown}\n"), stderr.getvalue()
+
+
+# Numbers bounded another way than `max=`: a set of valid values checked in the section's validate().
+_BOUNDED_ELSEWHERE = {("InputConfig", "pin"): "BCM_PINS", ("GpsConfig", "baud"): "BAUDS"}
+
+
+def _number_settings(cls: type, seen: set) -> list[tuple[type, dataclasses.Field, Any]]:
+    if cls in seen:
+        return []
+    seen.add(cls)
+    found = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        hint = _unwrap(hints[field.name])
+        inner = typing.get_args(hint)[1] if typing.get_origin(hint) is dict else hint
+        if dataclasses.is_dataclass(inner):
+            found += _number_settings(inner, seen)
+        elif inner in (int, float) or (typing.get_origin(hint) in (typing.Union, types.UnionType)):
+            found.append((cls, field, inner))
+    return found
+
+
+def test_every_number_setting_has_an_upper_bound():
+    """A value so large it means "never" (open_too_long_s = 1e308) would switch off what it drives."""
+    unbounded = []
+    seen: set = set()
+    for cls in _schemas().values():
+        for owner, field, inner in _number_settings(cls, seen):
+            meta = field.metadata
+            if (owner.__name__, field.name) in _BOUNDED_ELSEWHERE or meta.get("choices"):
+                continue
+            if meta.get("max") is None and not (inner is float and meta.get("inf_ok")):
+                unbounded.append(f"{owner.__name__}.{field.name}")
+    assert not unbounded, f"no max= for: {unbounded}"
+
+
+def test_unsafe_characters_are_exactly_unicodes_controls_separators_and_surrogates():
+    import sys
+    import unicodedata
+
+    from agent.errors import unsafe_char
+
+    wrong = [hex(c) for c in range(sys.maxunicode + 1)
+             if unsafe_char(chr(c)) != (unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp", "Cs"))]
+    assert not wrong

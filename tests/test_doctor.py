@@ -257,3 +257,58 @@ def test_a_pin_factory_that_cannot_load(make_config, capsys):
     assert checks["gpio"] == ["FAIL gpio: no gpiozero pin factory 'lgpio': No module named 'lgpio' — on a Pi: "
                               "apt install python3-lgpio, and put the service user in group gpio"]
     assert code == 2
+
+
+def _client_certificate(tmp_path, certs, name: str, subject: str, san: str | None = None) -> dict:
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject, "-keyout", f"{name}.key", "-out", f"{name}.csr")
+    ext = []
+    if san:
+        (tmp_path / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        ext = ["-extfile", f"{name}.ext"]
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", str(certs["ca_crt"]), "-CAkey", str(certs["ca_key"]),
+            "-CAcreateserial", "-days", "30", "-out", f"{name}.crt", *ext)
+    (tmp_path / f"{name}.key").chmod(0o600)
+    return {"ca_file": str(certs["ca_crt"]), "cert_file": str(tmp_path / f"{name}.crt"),
+            "key_file": str(tmp_path / f"{name}.key")}
+
+
+def test_a_client_certificate_for_another_box_fails_with_the_fix(make_broker, make_config, certs, tmp_path, capsys):
+    """A certificate made for pib-002 on box test-001: the broker takes the certificate's name as the
+    identity and refuses every publish, while the handshake and login succeed."""
+    broker = tls_broker(make_broker, certs)
+    files = _client_certificate(tmp_path, certs, "other", "/CN=pib-002", san="DNS:pib-002.boxes.example")
+    code, checks = doctor(make_config(broker, tls_settings(broker, **files)), capsys)
+    assert checks["client certificate"][0].startswith("OK   client certificate: ")  # dates are fine
+    assert checks["client certificate"][1] == (
+        f"FAIL client certificate: {files['cert_file']} is for pib-002 (CN), pib-002.boxes.example (SAN DNS), "
+        "not for this box test-001 (box.id): the broker would refuse its publishes — issue a certificate with "
+        "CN=test-001 for this box, or fix box.id")
+    assert code == 2
+
+
+def test_a_client_certificate_naming_the_box_in_its_san_is_ok(make_broker, make_config, certs, tmp_path, capsys):
+    broker = tls_broker(make_broker, certs)
+    files = _client_certificate(tmp_path, certs, "san", "/O=boxtel fleet", san="DNS:test-001")
+    code, checks = doctor(make_config(broker, tls_settings(broker, **files)), capsys)
+    assert checks["client certificate"][1] == f"OK   client certificate: {files['cert_file']} is for test-001 (box.id)"
+
+
+def test_tls_against_a_plain_mqtt_port_says_so(broker, make_config, certs, capsys):
+    code, checks = doctor(make_config(broker, tls_settings(broker, ca_file=str(certs["ca_crt"]))), capsys)
+    assert checks["tls"] == [
+        f"FAIL tls: handshake with localhost:{broker.port} failed: the broker's port does not speak TLS? (it hung "
+        "up on the TLS handshake; the TLS port is usually 8883) — set mqtt.port to the broker's TLS listener "
+        "(ask its admin which port that is)"]
+    assert "Connection reset by peer" not in "\n".join(sum(checks.values(), []))
+    assert code == 2
+
+
+def test_a_certificate_name_cannot_forge_a_doctor_line(make_broker, make_config, certs, tmp_path, capsys):
+    broker = tls_broker(make_broker, certs)
+    files = _client_certificate(tmp_path, certs, "forged", "/CN=pib-002\nOK   tls: all fine")
+    code, checks = doctor(make_config(broker, tls_settings(broker, **files)), capsys)  # every line well-formed
+    assert checks["client certificate"][1].startswith(
+        f"FAIL client certificate: {files['cert_file']} is for pib-002\\nOK   tls: all fine (CN), not for this box")

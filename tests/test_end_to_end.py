@@ -11,8 +11,8 @@ import re
 import jinja2
 import pytest
 
-from agent.brokerurl import BrokerTarget
-from agent.fleetsim import FleetSim
+from agent.fleet.broker import BrokerTarget
+from agent.fleet.sim import FleetSim
 from drivers.gpio_sim import GpioScenario
 from tests.gpio_support import agent_in_process, fast_demo_hardware
 from tests.support import ROOT, Subscriber, boxtel, wait_until

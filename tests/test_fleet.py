@@ -15,11 +15,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.brokerurl import BrokerTarget, parse_broker_url
 from agent.devbroker import free_port
 from agent.errors import UsageError
-from agent.fleet import FleetModel
-from agent.fleetsim import FleetSim
+from agent.fleet.broker import BrokerTarget, parse_broker_url
+from agent.fleet.model import FleetModel
+from agent.fleet.sim import FleetSim
 from tests.support import ROOT, boxtel, wait_until
 
 
@@ -83,7 +83,7 @@ def test_gaps_the_box_reports_as_dropped_are_not_counted_lost():
 
 
 def test_the_table_shows_outbox_depth_and_what_the_box_dropped():
-    from agent.commands.fleet import _COLUMNS, _cells
+    from agent.fleet.console import _COLUMNS, _cells
 
     model = FleetModel()
     feed(model, "b1", "health", seq=1, outbox_depth=40, dropped=0, clock_source="gps")
@@ -349,7 +349,7 @@ field_names = st.sampled_from(["state", "session", "since", "site", "seq", "alar
     st.booleans(),
 ), max_size=12))
 def test_any_json_from_the_broker_never_breaks_the_model_or_its_views(messages):
-    from agent.commands.fleet import _cells
+    from agent.fleet.console import _cells
 
     model = FleetModel(settle_s=0.0)
     for now, (stream, payload, retained) in enumerate(messages):

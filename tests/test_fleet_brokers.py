@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent.brokerurl import BrokerTarget
-from agent.fleetsim import FleetSim
+from agent.fleet.broker import BrokerTarget
+from agent.fleet.sim import FleetSim
 from tests.support import wait_until
 
 

@@ -12,9 +12,10 @@ import pytest
 from agent.bus import Bus, Event, Reading
 from agent.clock import Clock
 from drivers.base import DriverContext
-from drivers.gps import GpsConfig, GpsDriver, probe_port
-from drivers.gps_sim import HOME, epoch_sentences
-from drivers.nmea import distance_m
+from drivers.gps.driver import GpsConfig, GpsDriver
+from drivers.gps.nmea import distance_m
+from drivers.gps.serial_source import probe_port
+from drivers.gps.sim import HOME, epoch_sentences
 from tests.support import wait_until
 
 GPS_NOW = 1_764_150_000.0  # 2025-11-26T09:40:00Z: what the receiver says it is
@@ -229,7 +230,7 @@ def test_auto_baud_cycles_until_the_receiver_is_understood(gps, make_pty):
         time.sleep(0.1)
     assert pty.baud() == 4800, "the driver never tried 4800 baud"
     box.wait_reading(lambda r: r["fix"] == "3d", feed=FIX)
-    assert box.driver.baud == 4800 and box.driver.baud_switches >= 1
+    assert box.driver.source.baud == 4800 and box.driver.source.baud_switches >= 1
     assert box.driver.health()["gps_noise_bytes"] > 0
 
 

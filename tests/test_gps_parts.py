@@ -12,8 +12,8 @@ import pytest
 
 from agent import config as config_module
 from agent.errors import ConfigError
-from drivers.gps import Geofence, HomeLearner
-from drivers.gps_sim import HOME
+from drivers.gps.driver import Geofence, HomeLearner
+from drivers.gps.sim import HOME
 from tests.support import boxtel, toml_dumps
 
 CAPTURES = Path(__file__).parent / "data" / "nmea"

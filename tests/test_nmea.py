@@ -7,8 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.gps_sim import HOME, corrupt, epoch_sentences, sentence
-from drivers.nmea import EpochDecoder, LineReader, decode_capture, new_stats
+from drivers.gps.nmea import EpochDecoder, LineReader, decode_capture, new_stats
+from drivers.gps.sim import HOME, corrupt, epoch_sentences, sentence
 
 T0 = 1_764_150_000.0  # 2025-11-26T09:40:00Z
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.nmea import FIX_NONE, decode_capture
+from drivers.gps.nmea import FIX_NONE, decode_capture
 
 CAPTURES = Path(__file__).parent / "data" / "nmea"
 NAMES = sorted(path.stem for path in CAPTURES.glob("*.log"))

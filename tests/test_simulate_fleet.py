@@ -8,8 +8,8 @@ import subprocess
 import sys
 from collections import defaultdict
 
-from agent.brokerurl import BrokerTarget
-from agent.fleetsim import FleetSim
+from agent.fleet.broker import BrokerTarget
+from agent.fleet.sim import FleetSim
 from tests.support import ROOT, boxtel, wait_until
 
 GPS_FIELDS = {"lat", "lon", "alt_m", "speed_mps", "course_deg", "fix", "sats", "sats_seen", "hdop", "pdop",

@@ -59,6 +59,19 @@ def test_status_says_why_mqtt_fails(make_config, run_agent):
     assert "not connected to 127.0.0.1:1: cannot connect to 127.0.0.1:1: Connection refused" in shown["mqtt"][1]
 
 
+def test_tls_to_a_plain_mqtt_port_says_the_port_does_not_speak_tls(broker, make_config, run_agent, certs):
+    """A plain MQTT listener answers a TLS hello by hanging up; "Connection reset by peer" tells no one
+    what to change."""
+    config = make_config(broker, {**SIMULATED, "mqtt": {"tls": True, "ca_file": str(certs["ca_crt"])}})
+    run_agent(config)
+    path = control.socket_path(str(config))
+    wait_until(lambda: is_socket(path), what="the control socket")
+    wait_until(lambda: control.request(path, "status")["status"]["mqtt_last_error"], what="a connect failure")
+    error = control.request(path, "status")["status"]["mqtt_last_error"]
+    assert error == (f"cannot connect to 127.0.0.1:{broker.port}: the broker's port does not speak TLS? "
+                     "(it hung up on the TLS handshake; the TLS port is usually 8883)")
+
+
 def test_status_json_is_the_snapshot_with_the_marks(broker, make_config, run_agent):
     config = make_config(broker, SIMULATED)
     run_agent(config)

@@ -56,8 +56,10 @@ class Result:
     fix: str = ""
 
     def line(self) -> str:
+        from agent.errors import one_line  # a certificate's name or a device's answer may hold anything
+
         hint = f" — {self.fix}" if self.fix and self.mark != OK else ""
-        return f"{self.mark:<4} {self.check}: {self.detail}{hint}"
+        return one_line(f"{self.mark:<4} {self.check}: {self.detail}{hint}")
 
 
 @dataclass
@@ -74,9 +76,14 @@ class Context:
     _service_user: str | None = None
 
     def service_user(self) -> str:
-        """The user the service runs as (systemd's User=, root when unset), else whoever runs doctor."""
+        """The user the service runs as (the installed unit's User=, root when unset), else whoever runs
+        doctor."""
         if self._service_user is None:
-            user = _systemctl_show("User").get("User")
+            from agent.serviceuser import unit_user
+
+            user = unit_user()
+            if user is None:
+                user = _systemctl_show("User").get("User")
             if user is None:
                 user = pwd.getpwuid(os.geteuid()).pw_name
             self._service_user = user or "root"
@@ -280,12 +287,32 @@ def check_client_certificate(ctx: Context) -> list[Result]:
     up on us, and the broker does not say so."""
     if ctx.config is None or not ctx.config.mqtt.tls or not ctx.config.mqtt.cert_file:
         return []
-    path = ctx.config.mqtt.cert_file
+    path, box = ctx.config.mqtt.cert_file, ctx.config.box.id
     try:
-        not_before, not_after = certificate_dates(path)
+        decoded = decode_certificate(path)
+        not_before, not_after = _cert_time(decoded["notBefore"]), _cert_time(decoded["notAfter"])
     except (ssl.SSLError, OSError, ValueError, KeyError) as err:
         return [Result(FAIL, "client certificate", f"cannot read {path}: {err}", "mqtt.cert_file must be a PEM certificate")]
-    return [_validity("client certificate", path, not_before, not_after, f"issue a new certificate for {ctx.config.box.id}")]
+    return [_validity("client certificate", path, not_before, not_after, f"issue a new certificate for {box}"),
+            _identity(path, decoded, box)]
+
+
+def _identity(path: str, decoded: dict[str, Any], box: str) -> Result:
+    """Brokers take the client certificate's name as the client's identity (mosquitto's
+    use_identity_as_username, EMQX's peer_cert_as_username): one made for another box gets every
+    publish refused, while the handshake and the login look fine."""
+    names = certificate_names(decoded)
+    shown = ", ".join(f"{name} ({kind})" for kind, name in names) or "no CN or SAN"
+    if any(name == box for _, name in names):
+        return Result(OK, "client certificate", f"{path} is for {box} (box.id)")
+    return Result(FAIL, "client certificate", f"{path} is for {shown}, not for this box {box} (box.id): the broker "
+                  f"would refuse its publishes", f"issue a certificate with CN={box} for this box, or fix box.id")
+
+
+def certificate_names(decoded: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind, name): the subject's CN, then the subjectAltName entries (DNS, email, URI, IP)."""
+    names = [("CN", value) for rdn in decoded.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names + [(f"SAN {kind}", value) for kind, value in decoded.get("subjectAltName", ())]
 
 
 def check_tls(ctx: Context) -> list[Result]:
@@ -307,11 +334,12 @@ def check_tls(ctx: Context) -> list[Result]:
             version, cert = tls.version(), tls.getpeercert()
     except ssl.SSLCertVerificationError as err:
         return [_verification_failure(err, host, ca)]
-    except ssl.SSLError as err:
-        return [Result(FAIL, "tls", f"handshake with {host}:{port} failed: {err.reason or err}",
-                       "is this the broker's TLS port (8883)? does it want a client certificate?")]
-    except OSError as err:
-        return [Result(FAIL, "tls", f"handshake with {host}:{port} failed: {_why(err)}")]
+    except (ssl.SSLError, OSError) as err:
+        from agent.tlswords import handshake_hung_up
+
+        fix = ("set mqtt.port to the broker's TLS listener (ask its admin which port that is)" if handshake_hung_up(err)
+               else "is this the broker's TLS port (8883)? does it want a client certificate?")
+        return [Result(FAIL, "tls", f"handshake with {host}:{port} failed: {_why(err, tls=True)}", fix)]
     ctx.tls_ok = True
     if mqtt.tls_insecure:
         return [Result(WARN, "tls", f"{version} with certificate verification OFF (mqtt.tls_insecure)",
@@ -463,7 +491,7 @@ CHECKS: list[Callable[[Context], list[Result]]] = [
 def probe_port() -> Callable[[str, Any, float], tuple[bool, str]]:
     """The GPS driver's probe when it is installed, else a small one of the same signature."""
     try:
-        from drivers.gps import probe_port as gps_probe_port
+        from drivers.gps.serial_source import probe_port as gps_probe_port
     except ImportError:
         return fallback_probe_port
     return gps_probe_port
@@ -514,11 +542,10 @@ def make_pin_factory(name: str) -> Any:
     raise LookupError(f"gpiozero has no pin factory {name!r}")
 
 
-def certificate_dates(path: str) -> tuple[float, float]:
-    """(notBefore, notAfter) as epoch seconds. `_test_decode_cert` is CPython's own PEM reader (used by
-    its test suite since 2.7); the stdlib has no public one and `cryptography` is not a dependency."""
-    decoded = ssl._ssl._test_decode_cert(path)
-    return _cert_time(decoded["notBefore"]), _cert_time(decoded["notAfter"])
+def decode_certificate(path: str) -> dict[str, Any]:
+    """subject, subjectAltName, notBefore, notAfter, ... `_test_decode_cert` is CPython's own PEM reader
+    (used by its test suite since 2.7); the stdlib has no public one and `cryptography` is not a dependency."""
+    return ssl._ssl._test_decode_cert(path)
 
 
 def _cert_time(text: str) -> float:
@@ -585,7 +612,7 @@ def mqtt_login(config: Any) -> str | None:
     try:
         client.connect(settings.host, settings.effective_port, keepalive=10)
     except (OSError, ssl.SSLError) as err:
-        return _why(err)
+        return _why(err, tls=settings.tls)
     client.loop_start()
     try:
         if not answered.wait(NETWORK_TIMEOUT_S):
@@ -673,7 +700,7 @@ def _date(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _why(err: BaseException) -> str:
-    from agent.publisher import _why as publisher_why  # paho is imported only when doctor runs
+def _why(err: BaseException, *, tls: bool = False) -> str:
+    from agent.tlswords import describe
 
-    return publisher_why(err)
+    return describe(err, tls=tls)

@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from drivers import nmea
+    from drivers.gps import nmea
 
     try:
         with open(args.file, "rb") as handle:

@@ -1,6 +1,6 @@
 """`boxtel simulate-fleet --boxes N`: N simulated boxes in one process, each its own MQTT client.
 
-For load-testing a central broker, its dashboards and `boxtel fleet`. See agent/fleetsim.py for what
+For load-testing a central broker, its dashboards and `boxtel fleet`. See agent/fleet/sim.py for what
 each box does. Prints a progress line to stderr every few seconds; stops cleanly (every box says a
 clean `offline`) on Ctrl-C, SIGTERM or after `--for` seconds.
 """
@@ -13,9 +13,9 @@ import sys
 import threading
 import time
 
-from agent.brokerurl import add_broker_arguments, broker_target
 from agent.errors import UnavailableError, UsageError
-from agent.fleetsim import FleetSim
+from agent.fleet.broker import add_broker_arguments, broker_target
+from agent.fleet.sim import FleetSim
 
 HELP = "simulate N boxes, each its own MQTT client, against a broker"
 

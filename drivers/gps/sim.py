@@ -19,7 +19,7 @@ import tty
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from drivers.nmea import KNOTS_TO_MPS, distance_m
+from drivers.gps.nmea import KNOTS_TO_MPS, distance_m
 from drivers.simulator import Simulator
 
 HOME = (52.090737, 5.121420)  # Utrecht

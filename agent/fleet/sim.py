@@ -32,8 +32,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent import __version__
-from agent.brokerurl import BrokerTarget, BufferedClient
-from agent.fleet import iso_utc
+from agent.fleet.broker import BrokerTarget, BufferedClient
+from agent.fleet.model import iso_utc
 
 SITES = ("Kandahar North", "Gao East", "Bunia", "Bor", "Mopti", "Goma Lake", "Kidal", "Malakal")
 _BACKLOG_MAX = 200  # messages a box keeps while offline before it drops (and counts) the oldest

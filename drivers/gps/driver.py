@@ -1,10 +1,8 @@
-"""GPS driver: an NMEA 0183 receiver on a serial port -> position, fix, GPS time, geofence.
+"""GPS driver: fixes from a source -> position, fix, GPS time, geofence.
 
-pyserial reads `port` (u-blox, MediaTek, SiRF in NMEA mode; USB or UART) and `drivers.nmea` turns the
-bytes into one fix per epoch, as gpsd would. The driver survives what a container's serial line does:
-- noise, bad checksums, a wrong baud rate: counted per kind in health, never a fix; with `baud = "auto"`
-  the common rates are tried in turn until checksummed sentences arrive;
-- unplug and replug: a port that vanishes reports `disconnected`, one that goes quiet `stale` (health
+The source (`serial_source.SerialSource`: pyserial and the NMEA decoder) hands over one fix per epoch;
+this module does what follows from them, and survives what a container's receiver does:
+- unplug and replug: a source that fails reports `disconnected`, one that goes quiet `stale` (health
   and an event); reopening retries with backoff and resumes on its own;
 - no NTP: every valid dated fix hands GPS time to the core's clock (`Clock.gps_time`).
 It publishes on the `gps` stream every `publish_interval_s`, sooner when the box moved more than
@@ -20,24 +18,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import serial
-
 from agent.schema import SettingError, setting
 from agent.throttle import StreamSettings
-from drivers import nmea
 from drivers.base import Driver
+from drivers.gps import nmea
+from drivers.gps.serial_source import AUTO, BAUDS, SerialSource, first_line
+from drivers.gps.source import Source
 
 log = logging.getLogger("boxtel.gps")
 
-AUTO = "auto"
-COMMON_BAUDS = (9600, 4800, 38400, 115200, 57600, 19200)  # most receivers ship at 9600, old ones 4800
-BAUDS = (4800, 9600, 19200, 38400, 57600, 115200)
-# A blocking read never holds the thread longer (stop() cancels it sooner): progress stays regular,
-# and an idle receiver costs one wake in this long, not several a second.
-READ_TIMEOUT_S = 2.0
-PROBE_READ_S = 0.5  # `boxtel doctor`'s probe shares a few seconds between baud rates
-GATHER_S = 0.1
-AUTO_BAUD_WINDOW_S = 2.5  # a receiver talks at least once a second; silence this long: try the next rate
 RECONNECT_MIN_S = 1.0
 CONNECTED, DISCONNECTED, STALE = "connected", "disconnected", "stale"
 MOVED = "container_moved"
@@ -64,6 +53,8 @@ class GpsConfig(StreamSettings):
     learn_home: bool = setting(True, doc="without home_lat/home_lon: learn home from the first stable fix")
     home_learn_s: float = setting(60.0, min=1.0, max=86400.0, doc="a fix must hold still this long to become home")
     min_interval_s: float = setting(0.0, min=0.0, max=3600.0, doc="never publish gps more often (the driver paces)")
+    deadband: dict[str, float] = setting({}, min=0.0, inf_ok=True, doc="per field: a smaller change is no change", keys=(
+        "lat", "lon", "alt_m", "speed_mps", "course_deg", "sats", "sats_seen", "hdop", "pdop", "home_distance_m"))
 
     def validate(self) -> None:
         StreamSettings.validate(self)
@@ -80,7 +71,7 @@ class GpsConfig(StreamSettings):
 class GpsDriver(Driver):
     section = "gps"
     Config = GpsConfig
-    simulator = "drivers.gps_sim:GpsSimulator"
+    simulator = "drivers.gps.sim:GpsSimulator"
 
     @classmethod
     def claims(cls, config: GpsConfig, key: str) -> list[tuple[str, str]]:
@@ -90,14 +81,12 @@ class GpsDriver(Driver):
         super().__init__(config, ctx)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._port: serial.Serial | None = None  # the open port, for stop() to cancel a blocked read
         self._lock = threading.Lock()
         self.stats = nmea.new_stats()
+        self.source: Source = self._make_source()
         self.link = DISCONNECTED
         self._link_reported: str | None = None  # None until the first open attempt tells
-        self.baud: int | None = None if config.baud == AUTO else int(config.baud)
         self.reconnects = 0
-        self.baud_switches = 0
         self.last_sentence_mono: float | None = None
         self.fix: nmea.Fix = nmea.Fix()
         self._published: dict[str, Any] | None = None
@@ -106,6 +95,9 @@ class GpsDriver(Driver):
         self.home_learner = HomeLearner(config.home_learn_s, max(config.geofence_hysteresis_m, 10.0))
         self.home_source = "none"
 
+    def _make_source(self) -> Source:
+        return SerialSource(self.config.port, self.config.baud, self.config.stale_after_s, self.stats)
+
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         self._load_home()
@@ -113,38 +105,32 @@ class GpsDriver(Driver):
 
     def stop(self) -> None:
         self._stop.set()
-        port = self._port
-        if port is not None:
-            try:
-                port.cancel_read()  # wakes a read blocked in select(); harmless once the port is closed
-            except (serial.SerialException, OSError, TypeError):
-                pass
+        self.source.cancel()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
 
     def _run(self) -> None:
         delay = RECONNECT_MIN_S
+        source = self.source
         while not self._stop.is_set():
             try:
-                port = self._open()
-            except (serial.SerialException, OSError, ValueError) as err:
-                self._set_link(DISCONNECTED, reason=_reason(err))
+                source.open()
+            except (OSError, ValueError) as err:
+                self._set_link(DISCONNECTED, reason=first_line(err))
                 self._wait(delay)
                 delay = min(delay * 2, self.config.reconnect_max_s)
                 continue
             opened = time.monotonic()
-            self._port = port
             try:
-                self._read_until_lost(port)
-            except (serial.SerialException, OSError) as err:
-                self._set_link(DISCONNECTED, reason=_reason(err))
+                self._read_until_lost(source, opened)
+            except OSError as err:
+                self._set_link(DISCONNECTED, reason=first_line(err))
             except Exception as err:  # noqa: BLE001 - keep the driver alive; the error shows in health
                 self.ctx.error("read_failed", f"GPS read failed: {err!r}")
                 log.exception("GPS read failed")
                 self._set_link(DISCONNECTED, reason=repr(err))
             finally:
-                self._port = None
-                port.close()
+                source.close()
             if self.last_sentence_mono is not None and self.last_sentence_mono >= opened:
                 delay = RECONNECT_MIN_S  # it worked for a while: the next attempt may well work again
             if not self._stop.is_set():
@@ -162,64 +148,21 @@ class GpsDriver(Driver):
                 return
             self._stop.wait(min(remaining, 1.0))
 
-    def _open(self) -> serial.Serial:
-        baud = self.baud or COMMON_BAUDS[0]
-        # exclusive: a second reader (another agent, a forgotten minicom) would steal half the bytes
-        port = serial.Serial(self.config.port, baudrate=baud, timeout=self._read_timeout_s(searching=False),
-                             exclusive=True)
-        log.info("opened %s at %d baud", self.config.port, baud)
-        return port
-
-    def _read_timeout_s(self, *, searching: bool) -> float:
-        """Long enough to spare wakes, short enough to notice silence (stale, or the wrong baud)."""
-        timeout = min(READ_TIMEOUT_S, self.config.stale_after_s / 2)
-        return min(timeout, AUTO_BAUD_WINDOW_S / 2) if searching else timeout
-
     # -- reading -----------------------------------------------------------------------------------
-    def _read_until_lost(self, port: serial.Serial) -> None:
-        """Read until the port fails (an exception) or stop()."""
-        reader = nmea.LineReader(self.stats)
-        decoder = nmea.EpochDecoder(self.stats, remember_enders=False)
-        opened = time.monotonic()
-        rate_since = opened
-        valid_seen = False
-        # With "auto", start at the rate that worked last; cycle only if nothing valid comes at it
-        # (another receiver may have been plugged in).
-        auto = self.config.baud == AUTO
-        if auto:
-            port.timeout = self._read_timeout_s(searching=True)
+    def _read_until_lost(self, source: Source, opened: float) -> None:
+        """Follow the source until it fails (an exception) or stop()."""
+        heard_since_open = False
         while not self._stop.is_set():
-            data = port.read(max(1, port.in_waiting))
-            now = time.monotonic()
+            batch = source.read()
+            now = batch.mono
             self.ctx.progress()
-            if data:
-                data += port.read(port.in_waiting)
-            if data and not data.endswith(b"\n"):
-                # A UART receiver's epoch trickles in over ~0.5 s at 9600 baud: let it gather instead of
-                # waking per byte (CPU on a Pi), yet stamp its first bytes with the time they came. A USB
-                # receiver hands over whole sentences: nothing to wait for.
-                self._stop.wait(GATHER_S)
-                data += port.read(port.in_waiting)
-            before = _valid_count(self.stats)
-            fixes = [fix for line in reader.feed(data) for fix in decoder.feed(line, now)]
-            if _valid_count(self.stats) > before:
+            if batch.heard:
                 self.last_sentence_mono = now
-                valid_seen = True
-                if auto:
-                    auto = False
-                    port.timeout = self._read_timeout_s(searching=False)
-                    self.baud = port.baudrate
-                    log.info("%s talks NMEA at %d baud", self.config.port, port.baudrate)
+                heard_since_open = True
                 self._set_link(CONNECTED)
-            elif auto and now - rate_since >= AUTO_BAUD_WINDOW_S:
-                port.baudrate = _next_baud(port.baudrate)
-                self.baud_switches += 1
-                rate_since = now
-                reader = nmea.LineReader(self.stats)
-                log.debug("no NMEA on %s yet, trying %d baud", self.config.port, port.baudrate)
-            for fix in fixes:  # after the link state: "connected" comes before "fix_acquired"
+            for fix in batch.fixes:  # after the link state: "connected" comes before "fix_acquired"
                 self._on_fix(fix, now)
-            quiet_since = self.last_sentence_mono if valid_seen else opened
+            quiet_since = self.last_sentence_mono if heard_since_open else opened
             if now - quiet_since >= self.config.stale_after_s:
                 self._set_link(STALE, reason=f"no valid NMEA for {now - quiet_since:.0f} s")
             self._publish_if_due(now)
@@ -249,7 +192,7 @@ class GpsDriver(Driver):
             return
         self._link_reported = self.link = link
         if link == CONNECTED:
-            self.ctx.event("gps_connected", port=self.config.port, baud=self.baud)
+            self.ctx.event("gps_connected", **self.source.details())
             return
         # Stale or gone: whatever fix there was is over, and the retained state must say so.
         self.home_learner.reset()
@@ -343,7 +286,7 @@ class GpsDriver(Driver):
         fields = {
             "gps_link": self.link,
             "gps_fix": fix,
-            "gps_baud": self.baud,
+            **{f"gps_{key}": value for key, value in self.source.details().items() if key != "port"},
             "gps_last_sentence_age_s": self._sentence_age_s(),
             "gps_reconnects": self.reconnects,
         }
@@ -356,8 +299,8 @@ class GpsDriver(Driver):
         home = self.geofence.home
         return {
             **super().status(),
-            "port": self.config.port,
-            "baud": self.baud if self.baud is not None else AUTO,
+            **{key: AUTO if key == "baud" and value is None else value
+               for key, value in self.source.details().items()},
             "link": self.link,
             "last_sentence_age_s": self._sentence_age_s(),
             "sentences_ok": self.stats[nmea.SENTENCES_OK],
@@ -432,70 +375,6 @@ class HomeLearner:
 
     def mean(self) -> tuple[float, float]:
         return self._sum_lat / self._count, self._sum_lon / self._count
-
-
-def probe_port(port: str, baud: int | str, timeout_s: float) -> tuple[bool, str]:
-    """Is there an NMEA receiver on `port`? For `boxtel doctor`: (ok, one line saying what was found).
-
-    With `baud = "auto"` each common rate gets an equal share of `timeout_s` (at least 1.2 s)."""
-    rates = list(COMMON_BAUDS) if baud == AUTO else [int(baud)]
-    share_s = max(timeout_s / len(rates), 1.2) if len(rates) > 1 else timeout_s
-    try:
-        handle = serial.Serial(port, baudrate=rates[0], timeout=PROBE_READ_S, exclusive=True)
-    except (serial.SerialException, OSError, ValueError) as err:
-        if "exclusively lock" in str(err):  # pyserial's exclusive=True: someone holds the port
-            return False, f"{port} is busy: another program (the running agent?) has it open"
-        return False, f"cannot open {port}: {_reason(err)}"
-    noise = 0
-    try:
-        for rate in rates:
-            handle.baudrate = rate
-            handle.reset_input_buffer()
-            stats = nmea.new_stats()
-            reader, decoder = nmea.LineReader(stats), nmea.EpochDecoder(stats)
-            fixes: list[nmea.Fix] = []
-            received = 0
-            deadline = time.monotonic() + share_s
-            while time.monotonic() < deadline:
-                data = handle.read(max(1, handle.in_waiting))
-                received += len(data)
-                for line in reader.feed(data):
-                    fixes += decoder.feed(line)
-                if _valid_count(stats) >= 3:
-                    break
-            if _valid_count(stats):
-                fixes += decoder.flush()
-                kinds = " ".join(sorted(decoder.kinds_seen)) or "proprietary only"
-                fix = fixes[-1].fix if fixes else nmea.FIX_NONE
-                sats = fixes[-1].sats if fixes else None
-                extra = f", {sats} satellites used" if sats is not None else ""
-                bad = stats[nmea.BAD_CHECKSUM]
-                return True, (f"{port}: NMEA at {rate} baud ({_valid_count(stats)} sentences: {kinds}; "
-                              f"fix {fix}{extra}{f'; {bad} bad checksums' if bad else ''})")
-            noise += received
-    except (serial.SerialException, OSError) as err:
-        return False, f"{port}: read failed: {_reason(err)}"
-    finally:
-        handle.close()
-    tried = f"{rates[0]} baud" if len(rates) == 1 else f"any of {', '.join(map(str, rates))} baud"
-    if noise:
-        return False, f"{port}: {noise} bytes but no valid NMEA at {tried} (wrong baud rate, or a binary protocol?)"
-    return False, f"{port}: no data at {tried} (receiver off, unpowered, or another port?)"
-
-
-def _valid_count(stats: dict[str, int]) -> int:
-    """Sentences with a good checksum, used or not: proof the baud rate is right."""
-    return stats[nmea.SENTENCES_OK] + stats[nmea.PROPRIETARY] + stats[nmea.UNSUPPORTED]
-
-
-def _next_baud(current: int) -> int:
-    index = COMMON_BAUDS.index(current) if current in COMMON_BAUDS else -1
-    return COMMON_BAUDS[(index + 1) % len(COMMON_BAUDS)]
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err) or type(err).__name__
-    return text.splitlines()[0]
 
 
 def _round(value: float | None, digits: int) -> float | None:

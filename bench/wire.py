@@ -1,0 +1,235 @@
+"""Bytes on the wire (BRIEF §7: a parked box at default rates with TLS <= 10 MB/month, <= 3 kB per reconnect).
+
+The agent (`boxtel run` on simulated hardware) talks TLS to a loopback mosquitto through a byte-counting
+proxy (tests/proxy.py). Two scenarios, each for `BENCH_WIRE_S` seconds after the connect burst:
+- parked: every driver at its default rates, the `quiet` simulation scenario (nothing happens);
+- busy: config/simulate.toml as `make demo` runs it (every event of the demo, the demo's fast rates).
+For each: bytes per hour up and down, extrapolated to a month, per topic (from a subscriber on a second,
+plain listener of the same broker, so the topic split needs no TLS break-in), the cost of one reconnect
+(the link cut by the proxy, measured from the cut until the agent is idle again, its steady rate
+subtracted) and bytes per event.
+
+Floor, in the same run: the same information -- every payload the subscriber received -- as compact JSON
+with no MQTT, TLS or TCP overhead. Wire figures count the TLS stream and estimate TCP/IP headers at 52 bytes
+per segment (each forwarded read counted as one segment, plus one ACK segment the other way).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+import time
+import tomllib
+from collections import defaultdict
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.devbroker import Broker, free_port
+from bench.common import ROOT, env_seconds, python, scratch, verdict
+from bench.footprint import default_rate_config
+from tests.proxy import CUT, PASS, LinkProxy
+from tests.support import deep_merge, toml_dumps
+
+MONTH_H = 24 * 30.44
+MONTH_TARGET_MB = 10.0
+RECONNECT_TARGET_B = 3000
+RECONNECTS_PER_DAY = 24  # a flapping cellular link: one an hour, every day of the month
+SEGMENT_HEADERS_B = 52  # IPv4 20 + TCP 20 + timestamps option 12
+
+
+def main() -> int:
+    seconds = env_seconds("BENCH_WIRE_S", 180.0)
+    folder = scratch("wire")
+    certs = _make_certs(folder / "certs")
+    plain_port = free_port()
+    tls = {"cafile": str(certs / "ca.crt"), "certfile": str(certs / "server.crt"),
+           "keyfile": str(certs / "server.key")}
+    ok = True
+    with Broker(folder / "broker", tls=tls, extra=[f"listener {plain_port} 127.0.0.1"]) as broker:
+        for name, config in (("parked", _parked_config(folder, broker.port)),
+                             ("busy", _busy_config(folder, broker.port))):
+            figures = _measure(name, config, broker.port, plain_port, certs, seconds, folder)
+            ok &= _report(name, figures, judged=(name == "parked"))
+    print(f"(logs: {folder})")
+    return 0 if ok else 1
+
+
+def _parked_config(folder: Path, port: int) -> dict:
+    data = tomllib.loads(Path(default_rate_config(folder, port)).read_text())
+    # data["simulation"] = {"scenario": "quiet"}
+    return data
+
+
+def _busy_config(folder: Path, port: int) -> dict:
+    demo = tomllib.loads((ROOT / "config" / "simulate.toml").read_text())
+    demo.pop("homeassistant", None)
+    return deep_merge(demo, {
+        "box": {"id": "bench-001", "state_dir": str(folder / "state-busy")},
+        "mqtt": {"host": "127.0.0.1", "port": port},
+        "diagnostics": {"socket": str(folder / "control-busy.sock")},
+    })
+
+
+def _measure(name: str, config: dict, tls_port: int, plain_port: int, certs: Path, seconds: float,
+             folder: Path) -> dict:
+    proxy = LinkProxy(tls_port)
+    config = deep_merge(config, {"mqtt": {"port": proxy.port, "tls": True, "ca_file": str(certs / "ca.crt")}})
+    path = folder / f"{name}.toml"
+    path.write_text(toml_dumps(config))
+    box = config["box"]["id"]
+    counter = _TopicCounter(plain_port, f"{config.get('mqtt', {}).get('topic_prefix', 'boxtel')}/{box}/#")
+    log = open(folder / f"agent-{name}.log", "wb")
+    agent = subprocess.Popen([python(), "-m", "agent", "run", "-c", str(path)], stdout=log,
+                             stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        connect_b = _wait_idle(proxy, deadline_s=60.0)
+        start = _snapshot(proxy, counter)
+        time.sleep(seconds)  # the measurement window itself: the agent runs undisturbed
+        end = _snapshot(proxy, counter)
+        steady_bps = (_wire(end) - _wire(start)) / seconds
+        proxy.set_mode(CUT)
+        cut_at = time.monotonic()
+        proxy.set_mode(PASS)
+        before = _wire(_snapshot(proxy, counter))
+        _wait_reconnected(proxy, proxy.accepted)
+        _wait_idle(proxy, deadline_s=60.0)
+        after_at = time.monotonic()
+        reconnect_b = _wire(_snapshot(proxy, counter)) - before - steady_bps * (after_at - cut_at)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+        counter.close()
+        proxy.close()
+        log.close()
+    return {"seconds": seconds, "start": start, "end": end, "connect_b": connect_b,
+            "reconnect_b": max(0.0, reconnect_b)}
+
+
+class _TopicCounter:
+    """Per topic: messages, MQTT payload bytes, and the same payload as compact JSON (the floor)."""
+
+    def __init__(self, port: int, topic: str):
+        self.lock = threading.Lock()
+        self.messages: dict[str, int] = defaultdict(int)
+        self.payload_b: dict[str, int] = defaultdict(int)
+        self.floor_b: dict[str, int] = defaultdict(int)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-wire-{port}", protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        # History and per-locker topics are grouped by their stream: boxtel/<id>/<stream>[/...]
+        parts = message.topic.split("/")
+        stream = "/".join(parts[2:4]) if len(parts) > 3 and parts[2] in ("history", "locker") else "/".join(parts[2:3])
+        try:
+            floor = len(json.dumps(json.loads(message.payload), separators=(",", ":")).encode())
+        except ValueError:
+            floor = len(message.payload)
+        with self.lock:
+            self.messages[stream] += 1
+            self.payload_b[stream] += len(message.payload)
+            self.floor_b[stream] += floor
+
+    def copy(self) -> dict:
+        with self.lock:
+            return {"messages": dict(self.messages), "payload_b": dict(self.payload_b), "floor_b": dict(self.floor_b)}
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _snapshot(proxy: LinkProxy, counter: _TopicCounter) -> dict:
+    return {"up": proxy.up_bytes, "down": proxy.down_bytes, "up_seg": proxy.up_chunks,
+            "down_seg": proxy.down_chunks, "topics": counter.copy()}
+
+
+def _wire(snap: dict) -> float:
+    """Bytes on the wire both ways: the TLS stream plus TCP/IP headers of each segment and its ACK."""
+    segments = snap["up_seg"] + snap["down_seg"]
+    return snap["up"] + snap["down"] + 2 * SEGMENT_HEADERS_B * segments
+
+
+def _wait_idle(proxy: LinkProxy, deadline_s: float) -> float:
+    """Wait until the link has carried nothing for 3 s (the connect burst is over); returns its bytes."""
+    start = time.monotonic()
+    first = proxy.up_bytes + proxy.down_bytes
+    last, quiet_since = first, time.monotonic()
+    while time.monotonic() - start < deadline_s:
+        time.sleep(0.25)
+        now = proxy.up_bytes + proxy.down_bytes
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif now > first and time.monotonic() - quiet_since >= 3.0:
+            break
+    return float(last - first)
+
+
+def _wait_reconnected(proxy: LinkProxy, accepted_before: int) -> None:
+    deadline = time.monotonic() + 60.0
+    while proxy.accepted <= accepted_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _report(name: str, figures: dict, *, judged: bool) -> bool:
+    start, end, seconds = figures["start"], figures["end"], figures["seconds"]
+    hour = 3600.0 / seconds
+    up_h = (end["up"] - start["up"]) * hour
+    down_h = (end["down"] - start["down"]) * hour
+    wire_h = (_wire(end) - _wire(start)) * hour
+    topics = {t: end["topics"][kind].get(t, 0) - start["topics"][kind].get(t, 0)
+              for kind in ("payload_b",) for t in end["topics"][kind]}
+    floor_h = sum(end["topics"]["floor_b"].get(t, 0) - start["topics"]["floor_b"].get(t, 0)
+                  for t in end["topics"]["floor_b"]) * hour
+    messages = {t: end["topics"]["messages"].get(t, 0) - start["topics"]["messages"].get(t, 0)
+                for t in end["topics"]["messages"]}
+    reconnect_b = figures["reconnect_b"]
+    month_mb = (wire_h * MONTH_H + reconnect_b * RECONNECTS_PER_DAY * 30.44) / 1e6
+    print(f"{name}: {seconds:.0f} s window; TLS stream up {up_h / 1e3:.1f} kB/h, down {down_h / 1e3:.1f} kB/h; "
+          f"with TCP/IP headers {wire_h / 1e3:.1f} kB/h = {wire_h * MONTH_H / 1e6:.2f} MB/month")
+    for topic in sorted((t for t in topics if messages.get(t)), key=lambda t: -topics[t]):
+        count = messages[topic]
+        print(f"  {topic:<24} {count * hour:7.0f} msg/h  payload {topics[topic] * hour / 1e3:7.1f} kB/h"
+              f"  = {topics[topic] * hour * MONTH_H / 1e6:6.2f} MB/month")
+    count = sum(messages.values())
+    events = messages.get("events", 0)
+    if count:
+        overhead_b = (wire_h - sum(topics.values()) * hour) / hour / count  # MQTT, TLS, TCP/IP per message
+        print(f"  per message on the wire {wire_h / hour / count:.0f} B (of which {overhead_b:.0f} B overhead)"
+              + (f"; per event {topics['events'] / events + overhead_b:.0f} B ({events} events)" if events else ""))
+    print(f"  connect burst {figures['connect_b'] / 1e3:.1f} kB; one reconnect {reconnect_b / 1e3:.2f} kB")
+    print(f"  floor (same payloads as compact JSON, no MQTT/TLS/TCP): {floor_h / 1e3:.1f} kB/h; "
+          f"ratio wire/floor x{wire_h / floor_h:.2f}" if floor_h else "  floor: nothing received")
+    print(f"  month with {RECONNECTS_PER_DAY} reconnects a day: {month_mb:.2f} MB")
+    if not judged:
+        return True
+    month_ok = month_mb <= MONTH_TARGET_MB
+    reconnect_ok = reconnect_b <= RECONNECT_TARGET_B
+    print(f"  target <= {MONTH_TARGET_MB} MB/month: {verdict(month_ok)}; "
+          f"<= {RECONNECT_TARGET_B / 1e3:.0f} kB per reconnect: {verdict(reconnect_ok)}")
+    return month_ok and reconnect_ok
+
+
+def _make_certs(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+            "-subj", "/CN=bench ca", "-keyout", "ca.key", "-out", "ca.crt")
+    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=localhost",
+            "-keyout", "server.key", "-out", "server.csr")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
+            "-out", "server.crt", "-extfile", "server.ext")
+    return folder
