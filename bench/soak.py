@@ -101,6 +101,8 @@ def main() -> int:
           f"{connects} connects")
     print(f"RSS  start {steady[0][1]:.2f} MB, end {steady[-1][1]:.2f} MB, peak {max(s[1] for s in steady):.2f} MB; "
           f"slope {slope * 60:+.4f} MB/min = {growth:+.2f} MB over the window")
+    quarters = [steady[min(len(steady) - 1, i * len(steady) // 4)][1] for i in range(4)] + [steady[-1][1]]
+    print("RSS at each quarter of the window: " + " -> ".join(f"{q:.2f}" for q in quarters) + " MB")
     print(f"threads {min(s[2] for s in steady)}..{max(s[2] for s in steady)}, "
           f"fds {min(s[3] for s in steady)}..{max(s[3] for s in steady)} ({len(steady)} samples)")
     print(f"target RSS growth <= +{GROWTH_TARGET_MB} MB over the window: {verdict(growth_ok)}; "

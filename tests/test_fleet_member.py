@@ -14,7 +14,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.clock import Clock
 from agent.config import MqttSettings, load
-from agent.fleet import FleetModel
+from agent.fleet.model import FleetModel
 from agent.publisher import Backoff, Disconnected, Publisher, takeover_problem
 from tests.support import boxtel, wait_until
 
