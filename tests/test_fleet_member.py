@@ -8,6 +8,7 @@ import random
 import time
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
@@ -36,6 +37,7 @@ def flips(sub) -> list[str]:
 
 
 # -- two boxes, one box id -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_boxes_with_one_box_id_do_not_fight_and_say_why(broker, make_config, subscribe, run_agent, tmp_path):
     sub = subscribe(STATUS)
     configs = [make_config(broker, {"box": {"state_dir": str(tmp_path / name)},
