@@ -7,8 +7,8 @@ SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test bench lint venv mosquitto clean install uninstall
 
-demo: venv mosquitto  ## broker + agent on simulated hardware, live telemetry until Ctrl-C
-	$(BIN)/python -m agent.demo
+demo: venv mosquitto  ## broker + agent on simulated hardware, live view until Ctrl-C (RAW=1: raw MQTT; DEMO=config/simulate-modbus.toml: the generator over Modbus)
+	$(BIN)/python -m agent.demo $(DEMO) $(if $(RAW),--raw)
 
 test: venv mosquitto  ## the whole suite against real mosquitto brokers
 	$(BIN)/python -m pytest

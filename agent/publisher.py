@@ -43,7 +43,7 @@ from agent import __version__, statefile, untrusted
 from agent.clock import Clock
 from agent.config import Config, MqttSettings
 from agent.errors import ConfigError
-from agent.homeassistant import discovery_messages
+from agent.homeassistant import Announcer
 from agent.tlssession import client_context
 from agent.tlswords import describe, pem_problem
 
@@ -52,6 +52,7 @@ log = logging.getLogger("boxtel.mqtt")
 _CONNECT_TIMEOUT_S = 10.0
 _STABLE_CONNECTION_S = 30.0  # a connection that lasted this long resets the backoff
 _OFFLINE_ACK_WAIT_S = 2.0  # on stop: how long to wait for the broker to take our clean "offline"
+_SAVE_ANNOUNCED = "save announced"  # a work item: write down what was announced, off paho's thread
 _STATUS_MAX_BYTES = 1024  # a status is ~200 bytes; anything bigger on our status topic is not one
 _BIRTH_REPUBLISH_S = 5.0  # at most one birth republished per this, however many statuses displace it
 _STATUS_WARN_S = 60.0  # one warning per minute about them; the rest are counted
@@ -244,13 +245,13 @@ class Publisher:
         self._tls = tls_context(self.settings, file=config.file) if self.settings.tls else None
         self._session_file = config.state_dir / "session.json"
         self._boot_id = read_boot_id()
-        self._discovery = discovery_messages(config, __version__) if config.homeassistant.enabled else []
-        self._discovery_mids: set[int] = set()
+        self._work: queue.SimpleQueue = queue.SimpleQueue()  # wake-ups for the supervisor
+        # Discovery configs and state topics announced, retained: sent when they changed, taken back when gone.
+        self.announcer = Announcer(config, __version__, request_save=lambda: self._work.put(_SAVE_ANNOUNCED))
         self._backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         self._takeover_backoff = Backoff(_TAKEOVER_MIN_S, _TAKEOVER_MAX_S)
         # Tells this process's statuses from those of another agent using the same box id.
         self.instance = os.urandom(4).hex()
-        self._work: queue.SimpleQueue = queue.SimpleQueue()  # wake-ups for the supervisor
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
@@ -297,6 +298,7 @@ class Publisher:
         self._work.put("stop")
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
+        self.announcer.save()  # acknowledgements that came in after the last save
 
     # -- called by the core ------------------------------------------------------------------------
     def publish(self, topic: str, payload: str, *, retain: bool) -> tuple[int, int] | None:
@@ -409,6 +411,8 @@ class Publisher:
                 self._check_rival(item)
             elif item is None or isinstance(item, StatusSeen):  # None: a republish or warning is due
                 self._check_status(client, item)
+            elif item == _SAVE_ANNOUNCED:
+                self.announcer.save()
         client.loop_stop()
 
     def _classify_loss(self, item: Disconnected) -> None:
@@ -522,8 +526,7 @@ class Publisher:
         # The birth is queued before `connected` lets the core publish: nothing of a session may reach
         # the broker ahead of its birth.
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
-        self._discovery_mids = {client.publish(topic, payload, qos=1, retain=True).mid
-                                for topic, payload in self._discovery}
+        self.announcer.connected(client)
         with self._client_lock:
             self.connected = True
         self.connected_since = time.monotonic()
@@ -531,6 +534,7 @@ class Publisher:
         if self.connects > 1:
             self.reconnects += 1
         log.info("connected to %s:%d (session %d)", self.settings.host, self.settings.effective_port, session)
+        self.announcer.subscribe(client)
         self._notify(Connected(session))
 
     def _on_disconnect(self, session: int, client, userdata, flags, reason_code, properties) -> None:
@@ -547,16 +551,16 @@ class Publisher:
 
     def _on_publish(self, session: int, client, userdata, mid, reason_code, properties) -> None:
         error = f"{reason_code} (0x{reason_code.value:02x})" if reason_code.is_failure else None
-        if mid in self._discovery_mids:
-            self._discovery_mids.discard(mid)
+        if self.announcer.acknowledged(mid, error):
             if error:
                 self._record_error(f"broker refused Home Assistant discovery: {error} (see docs/mqtt.md for the ACL)")
             return
         self._notify(Delivered(session, mid, error))
 
     def _on_message(self, client, userdata, message) -> None:
-        # our one subscription: the status topic
-        self._work.put(StatusSeen.read(message.payload, retained=bool(message.retain)))
+        if self.announcer.message(client, message):  # Home Assistant's birth
+            return
+        self._work.put(StatusSeen.read(message.payload, retained=bool(message.retain)))  # else our status topic
 
     # -- helpers -----------------------------------------------------------------------------------
     def _status_payload(self, state: str, reason: str | None = None, *, session: int | None = None) -> str:

@@ -124,16 +124,20 @@ class Subscriber:
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         if "username" in connect:
             self.client.username_pw_set(connect.pop("username"), connect.pop("password", None))
+        if "ca_certs" in connect:  # TLS, verified against this CA
+            self.client.tls_set(ca_certs=connect.pop("ca_certs"), certfile=connect.pop("certfile", None),
+                                keyfile=connect.pop("keyfile", None))
+        host = connect.pop("host", "127.0.0.1")
         if session_expiry_s:
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = session_expiry_s
-            self.client.connect("127.0.0.1", port, clean_start=False, properties=properties)
+            self.client.connect(host, port, clean_start=False, properties=properties)
             self.client.reconnect_delay_set(0.1, 0.5)  # back quickly after a broker restart
         else:
-            self.client.connect("127.0.0.1", port)
+            self.client.connect(host, port)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise AssertionError("test subscriber could not subscribe")

@@ -237,7 +237,9 @@ def check_gpio(ctx: Context) -> list[Result]:
     if ctx.config is None:
         return []
     name = ctx.config.gpio.pin_factory
-    inputs = [s for s in _GPIO_SECTIONS if ctx.config.driver_configs(s)]
+    # a generator read over Modbus has no GPIO inputs
+    inputs = [s for s in _GPIO_SECTIONS
+              if any(getattr(c, "source", "gpio") == "gpio" for c in ctx.config.driver_configs(s))]
     if ctx.config.simulate or name == "mock":
         return [Result(OK, "gpio", "gpiozero MockFactory (simulated pins)")]
     if not inputs and not name:
@@ -255,6 +257,81 @@ def check_gpio(ctx: Context) -> list[Result]:
         return [Result(WARN, "gpio", f"only gpiozero's {kind} works (no edge timestamps, polls)",
                        "apt install python3-lgpio")]
     return [Result(OK, "gpio", f"{kind} for {', '.join(inputs) or 'configured pins'}")]
+
+
+def check_door_loops(ctx: Context) -> list[Result]:
+    """Each supervised door loop reads a sound band (closed, or open on a double-EOL loop); when not, the
+    line names the wire or resistor to check. Read through the running agent (it holds the SPI bus),
+    else straight from the ADC."""
+    from agent import control
+    from agent.errors import UnavailableError
+
+    if ctx.config is None:
+        return []
+    loops = [(locker.name, locker.door) for locker in ctx.config.driver_configs("locker")
+             if hasattr(locker.door, "plan")]
+    if not loops:
+        return []
+    if ctx.agent is not None:
+        try:
+            rows = control.request(ctx.socket_path, "pins", timeout_s=NETWORK_TIMEOUT_S)["pins"]
+        except UnavailableError as err:
+            return [Result(WARN, "door loop", f"the running agent did not answer: {err}")]
+        raws = {row.get("input"): row.get("raw") for row in rows}
+        return [loop_verdict(name, loop, raws.get(f"locker/{name} door")) for name, loop in loops]
+    if ctx.config.simulate or ctx.config.gpio.pin_factory == "mock":
+        return [Result(OK, "door loop", "simulated: start the agent to read its loops")]
+    return [loop_verdict(name, loop, read_adc(ctx.config.gpio.pin_factory, loop)) for name, loop in loops]
+
+
+def loop_verdict(name: str, loop: Any, raw: int | None) -> Result:
+    """What one loop's reading says, and which part to check when it is not sound."""
+    where = f"locker {name}: {loop.chip} channel {loop.channel}"
+    ohm = {key: f"{getattr(loop, key):g} Ω" for key in ("r_eol_ohm", "r_alarm_ohm", "r_pullup_ohm")}
+    if raw is None:
+        return Result(FAIL, "door loop", f"{where} cannot be read",
+                      "enable SPI (dtparam=spi=on) and check the ADC's wiring to GPIO 8-11 and its 3.3 V")
+    plan = loop.plan
+    state = plan.states[plan.classify(raw)]
+    low, high = plan.expected[plan.states.index(state)]
+    detail = f"{where} reads {raw}: {state} (expected {low}-{high})"
+    if state == "short":
+        return Result(FAIL, "door loop", f"{detail}: the pair is bridged",
+                      f"find the short in the cable; r_eol_ohm ({ohm['r_eol_ohm']}) must sit at the door "
+                      "contact, not at the Pi")
+    if state == "cut":
+        return Result(FAIL, "door loop", f"{detail}: open circuit",
+                      f"check the cable, and r_eol_ohm ({ohm['r_eol_ohm']}) at the contact; with the door open "
+                      f"check r_alarm_ohm ({ohm['r_alarm_ohm']}) across the contact too")
+    if state == "open" and loop.eol == "single":
+        return Result(WARN, "door loop", f"{detail}: the door is open or the loop is cut (single EOL cannot tell)",
+                      f"close the door and run doctor again; then check the cable and r_eol_ohm ({ohm['r_eol_ohm']})")
+    if not low <= raw <= high:
+        part = f"r_alarm_ohm ({ohm['r_alarm_ohm']}) across the contact" if state == "open" else \
+            f"r_eol_ohm ({ohm['r_eol_ohm']})"
+        return Result(WARN, "door loop", f"{detail}: outside what its resistors give",
+                      f"check {part} and r_pullup_ohm ({ohm['r_pullup_ohm']}), or set door.bands from "
+                      "`boxtel pins` readings (docs/deploy.md)")
+    return Result(OK, "door loop", detail)
+
+
+def read_adc(factory_name: str, loop: Any) -> int | None:
+    """One raw reading of a loop's ADC channel through gpiozero, or None if it cannot be read."""
+    import gpiozero
+
+    try:
+        factory = make_pin_factory(factory_name)
+        try:
+            device = getattr(gpiozero, loop.chip)(channel=loop.channel, port=loop.spi_port,
+                                                  device=loop.spi_device, pin_factory=factory)
+            try:
+                return int(device.raw_value)
+            finally:
+                device.close()
+        finally:
+            factory.close()
+    except Exception:  # noqa: BLE001 - gpiozero raises many kinds; each means "cannot read"
+        return None
 
 
 def check_broker_name(ctx: Context) -> list[Result]:
@@ -477,6 +554,7 @@ CHECKS: list[Callable[[Context], list[Result]]] = [
     check_agent,
     check_serial,
     check_gpio,
+    check_door_loops,
     check_broker_name,
     check_broker_tcp,
     check_client_certificate,
