@@ -107,7 +107,13 @@ def test_backoff_has_jitter_and_cap():
     lambda birth: json.dumps({"state": "offline", "session": birth["session"], "reason": "connection lost"}),
     lambda birth: "[" * 1500 + "]" * 1500,
     lambda birth: "",  # an empty retained message clears the status: the box is unknown until answered
-], ids=["stale-will", "forged-will-with-the-live-session", "nested-junk", "cleared"])
+    # A forged "online" from a session yet to come: it would claim the box for whoever sent it.
+    lambda birth: json.dumps({**birth, "session": birth["session"] + 1000}),
+    lambda birth: json.dumps({**birth, "session": str(birth["session"])}),  # our birth, but a string number
+    lambda birth: json.dumps([birth]),  # a JSON array holding our birth is not our birth
+    lambda birth: json.dumps({**birth, "pad": "x" * 256_000}),  # 256 kB: refused by size, never parsed
+], ids=["stale-will", "forged-will-with-the-live-session", "nested-junk", "cleared", "forged-online-future-session",
+        "session-as-a-string", "json-array", "256-kB"])
 def test_a_status_other_than_our_birth_is_answered_with_a_fresh_birth(
     broker, make_config, subscribe, run_agent, displacing
 ):
@@ -117,10 +123,14 @@ def test_a_status_other_than_our_birth_is_answered_with_a_fresh_birth(
     # A will from an earlier session reaches the broker late and overwrites the retained status.
     count = len(sub.on(STATUS))
     sub.client.publish(STATUS, displacing(birth), qos=1, retain=True)
-    again = sub.wait_for(STATUS, online, after=count).json
-    assert again["session"] == birth["session"]
+
+    def ours(payload) -> bool:  # the agent's own birth, exactly: a forgery may claim "online" too
+        return isinstance(payload, dict) and {k: v for k, v in payload.items() if k != "ts"} == \
+            {k: v for k, v in birth.items() if k != "ts"}
+
+    sub.wait_for(STATUS, ours, after=count)
     late = subscribe(STATUS)
-    assert online(late.wait_for(STATUS).json)
+    assert ours(late.wait_for(STATUS).json)
     assert "Traceback" not in agent.log()
 
 
