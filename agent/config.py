@@ -54,7 +54,10 @@ class MqttSettings:
     topic_prefix: str = setting("boxtel", doc="first topic level")
     inflight: int = setting(20, min=1, max=1000, doc="messages handed to the MQTT client at once")
     reconnect_min_s: float = setting(1.0, min=0.1, max=600.0, doc="first reconnect delay")
-    reconnect_max_s: float = setting(120.0, min=1.0, max=3600.0, doc="longest reconnect delay")
+    reconnect_max_s: float = setting(
+        12.0, min=1.0, max=3600.0,
+        doc="longest reconnect delay: a box is back within about this of its broker (jitter: half to all of it)",
+    )
 
     def validate(self) -> None:
         if not self.host.strip():
