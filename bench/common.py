@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +41,18 @@ def measure_process(pid: int, seconds: float) -> dict[str, float]:
         "peak_rss_mb": peak_rss / 2**20,
         "wall_s": wall,
     }
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """Stop a process this benchmark started, by its pid: SIGTERM (the agent says goodbye), then SIGKILL."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def verdict(ok: bool) -> str:

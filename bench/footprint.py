@@ -7,12 +7,11 @@ broker and doing nothing else -- the floor any Python MQTT agent starts from.
 from __future__ import annotations
 
 import dataclasses
-import signal
 import subprocess
 import tomllib
 
 from agent.devbroker import Broker
-from bench.common import ROOT, env_seconds, measure_process, python, scratch, verdict
+from bench.common import ROOT, env_seconds, measure_process, python, scratch, stop, verdict
 from drivers import REGISTRY, driver_class
 from drivers.gpio_sim import CYCLE_S
 from tests.support import toml_dumps
@@ -84,11 +83,7 @@ def main() -> int:
             died = agent.poll()
         finally:
             for process in (agent, baseline):
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+                stop(process)
     if died is not None:  # a dead agent measures 0 MB: never a pass
         print(f"FAIL: the agent exited ({died}) during the run; see {folder / 'agent.log'}")
         return 1

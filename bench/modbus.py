@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import env_seconds, measure_process, python, scratch
+from bench.common import env_seconds, measure_process, python, scratch, stop
 
 POLL_S = 5.0
 
@@ -190,11 +190,7 @@ def _measure_agent(path: Path, folder: Path, seconds: float) -> dict[str, float]
         if agent.poll() is not None:
             raise SystemExit(f"the agent exited ({agent.returncode}); see {folder / 'agent.log'}")
     finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            agent.kill()
+        stop(agent)
     return figures
 
 

@@ -8,7 +8,6 @@ and so does a thread or fd count that keeps climbing (the second half's peak abo
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import time
 import tomllib
@@ -16,7 +15,7 @@ import tomllib
 import psutil
 
 from agent.devbroker import Broker
-from bench.common import ROOT, env_seconds, python, scratch, verdict
+from bench.common import ROOT, env_seconds, python, scratch, stop, verdict
 from drivers.gpio_sim import CYCLE_S
 from tests.support import toml_dumps
 
@@ -80,12 +79,7 @@ def main() -> int:
                 next_sample += SAMPLE_S
             time.sleep(max(0.0, min(next_sample, next_toggle) - time.monotonic()))
     finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            agent.kill()
-            agent.wait()
+        stop(agent, timeout_s=15)
         broker.stop()
     steady = [s for s in samples if s[0] >= warmup_s]
     slope = slope_per_s([(t, rss) for t, rss, _, _ in steady])
