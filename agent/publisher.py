@@ -37,19 +37,26 @@ from agent.clock import Clock
 from agent.config import Config, MqttSettings
 from agent.errors import ConfigError
 from agent.homeassistant import discovery_messages
+from agent.linkmeter import LinkMeter
 from agent.tlssession import client_context
 from agent.tlswords import describe, pem_problem
+from agent.topicalias import TopicAliases
 
 log = logging.getLogger("boxtel.mqtt")
 
 _CONNECT_TIMEOUT_S = 10.0
 _STABLE_CONNECTION_S = 30.0  # a connection that lasted this long resets the backoff
 _OFFLINE_ACK_WAIT_S = 2.0  # on stop: how long to wait for the broker to take our clean "offline"
+# MQTT 5: the broker keeps our session this long after a link loss. A reconnect that finds it
+# ("session present") knows the broker kept its state, retained topics included, and resends only what
+# changed; after a longer outage, or a broker that lost it, everything goes out again.
+SESSION_EXPIRY_S = 7 * 86400
 
 
 @dataclass(frozen=True)
 class Connected:
     session: int
+    resumed: bool = False  # the broker still had our MQTT session (MQTT 5 "session present")
 
 
 @dataclass(frozen=True)
@@ -148,9 +155,13 @@ class Publisher:
         self.reconnects = 0
         self.connect_failures = 0
         self.births_republished = 0
+        self._birth_echoed: int | None = None  # the session whose birth the broker has sent back to us
         self.last_error: str | None = None
         self.last_error_mono: float | None = None
         self.last_progress = time.monotonic()
+        self.meter = LinkMeter()
+        self._aliases = TopicAliases(0)
+        self.topic_bytes: Callable[[str, int], None] = lambda topic, size: None  # the core's per-topic tally
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -185,10 +196,21 @@ class Publisher:
             client, session, connected = self._client, self.session, self.connected
         if client is None or not connected:
             return None
-        info = client.publish(topic, payload, qos=1, retain=retain)
+        name, properties = self._aliases.publish_args(topic)
+        info = client.publish(name, payload, qos=1, retain=retain, properties=properties)
+        self.topic_bytes(topic, len(payload) + len(name))
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return None
         return session, info.mid
+
+    def drop_link(self, reason: str) -> None:
+        """Treat the connection as dead (a publish waited too long for its PUBACK): close it and
+        reconnect, without waiting for keep-alive to notice."""
+        with self._client_lock:
+            client, connected = self._client, self.connected
+        if client is not None and connected:
+            self._record_error(f"connection lost: {reason}")
+            client.disconnect()
 
     def alive(self) -> str | None:
         """For the systemd watchdog: None while the supervisor and, when connected, paho's thread run."""
@@ -245,7 +267,7 @@ class Publisher:
                 self.settings.host,
                 self.settings.effective_port,
                 keepalive=self.settings.keepalive_s,
-                **({"clean_start": True} if self._v5 else {}),
+                **({"clean_start": False, "properties": _session_properties()} if self._v5 else {}),
             )
         except (OSError, ssl.SSLError, ValueError) as err:
             self._record_error(f"cannot connect to {self.settings.host}:{self.settings.effective_port}: "
@@ -268,8 +290,15 @@ class Publisher:
         client.loop_stop()
 
     def _check_status(self, client: mqtt.Client, status: dict[str, Any]) -> None:
-        """A stale will (from an earlier session) overwrote our birth: publish the birth again."""
-        if status.get("state") == "offline" and status.get("session") != self.session and self.connected:
+        """A stale will (from an earlier session) overwrote our birth: publish the birth again.
+
+        Only once our birth has come back: a resumed MQTT session hands over the will of the connection
+        that died (queued while we were away) ahead of it, and that will is already history."""
+        if status.get("state") == "online" and status.get("session") == self.session:
+            self._birth_echoed = self.session
+            return
+        if status.get("state") == "offline" and status.get("session") != self.session and self.connected \
+                and self._birth_echoed == self.session:
             log.warning(
                 "a stale last will (session %s) replaced our status; republishing birth (session %d)",
                 status.get("session"),
@@ -325,6 +354,8 @@ class Publisher:
         client.on_disconnect = self._guard(functools.partial(self._on_disconnect, session))
         client.on_publish = self._guard(functools.partial(self._on_publish, session))
         client.on_message = self._guard(self._on_message)
+        client.on_socket_open = self._guard(lambda client, userdata, sock: self.meter.opened(sock))
+        client.on_socket_close = self._guard(lambda client, userdata, sock: self.meter.closed(sock))
         return client
 
     def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
@@ -344,6 +375,9 @@ class Publisher:
             return
         if self._tls is not None:
             self._tls.remember(client.socket())  # the next reconnect resumes this TLS session
+        resumed = bool(getattr(flags, "session_present", False)) and self._v5
+        maximum = getattr(properties, "TopicAliasMaximum", 0) if self._v5 and properties is not None else 0
+        self._aliases = TopicAliases(maximum)  # before `connected`: the core publishes through it
         # The birth is queued before `connected` lets the core publish: nothing of a session may reach
         # the broker ahead of its birth.
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
@@ -356,8 +390,9 @@ class Publisher:
         if self.connects > 1:
             self.reconnects += 1
         log.info("connected to %s:%d (session %d)", self.settings.host, self.settings.effective_port, session)
-        client.subscribe(self.status_topic, qos=1)
-        self._notify(Connected(session))
+        if not resumed:  # a resumed session still holds the subscription
+            client.subscribe(self.status_topic, qos=1)
+        self._notify(Connected(session, resumed))
 
     def _on_disconnect(self, session: int, client, userdata, flags, reason_code, properties) -> None:
         with self._client_lock:
@@ -406,6 +441,12 @@ class Publisher:
             log.warning("%s", message)
         self.last_error = message
         self.last_error_mono = time.monotonic()
+
+
+def _session_properties() -> Properties:
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = SESSION_EXPIRY_S
+    return properties
 
 
 def _no_passphrase() -> str:

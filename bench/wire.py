@@ -60,7 +60,7 @@ def main() -> int:
 
 def _parked_config(folder: Path, port: int) -> dict:
     data = tomllib.loads(Path(default_rate_config(folder, port)).read_text())
-    # data["simulation"] = {"scenario": "quiet"}
+    data["simulation"] = {"scenario": "quiet"}
     return data
 
 

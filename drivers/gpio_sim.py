@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from drivers.gpio import ADC_CHIPS, AdcConfig, InputConfig, pin_factory
-from drivers.simulator import Simulator
+from drivers.simulator import QUIET, Simulator
 
 CYCLE_S = 120.0
 _BOUNCE_EDGES = 4  # toggles before a contact settles
@@ -40,11 +40,17 @@ class GpioScenario(Simulator):
             for wire in self.inputs(config):
                 if wire is not None:  # at rest (inactive) before the driver opens the pin
                     wire_pin(self.factory, wire.pin, high=not wire.active_high)
-            self.script(config)
+            if self.scenario == QUIET:
+                self.quiet(config)
+            else:
+                self.script(config)
         self._steps.sort(key=lambda step: step[0])
 
     def script(self, config: Any) -> None:
         raise NotImplementedError
+
+    def quiet(self, config: Any) -> None:
+        """The quiet scenario: inputs at rest, levels steady (a subclass sets what differs)."""
 
     def inputs(self, config: Any) -> list[InputConfig | None]:
         raise NotImplementedError
@@ -139,6 +145,10 @@ class GeneratorSimulator(GpioScenario):
 
         self.adc_level(config.fuel, fuel_pct)
 
+    def quiet(self, config: Any) -> None:
+        self.drive(config.running, True, bounce=False)  # running since before the agent started
+        self.adc_level(config.fuel, lambda t: 70.0)
+
 
 class WaterSimulator(GpioScenario):
     """Flow from 2 to 25 s (longer than continuous_flow_s in the demo config), the tank drains to its low
@@ -170,6 +180,9 @@ class WaterSimulator(GpioScenario):
             return high - 10.0 - 20.0 * math.sin(math.pi * (t - 32.0) / (2 * (CYCLE_S - 32.0)))
 
         self.adc_level(config.tank, tank_pct)
+
+    def quiet(self, config: Any) -> None:
+        self.adc_level(config.tank, lambda t: 60.0)
 
 
 class LockerSimulator(GpioScenario):

@@ -43,11 +43,13 @@ class HostConfig(StreamSettings):
     power_check_s: float = setting(
         5.0, min=0.5, max=600.0, doc="how often to check under-voltage (brownouts are short)"
     )
-    min_interval_s: float = setting(10.0, min=0.0, max=3600.0, doc="never publish health more often")
-    max_interval_s: float = setting(300.0, min=1.0, max=86400.0, doc="re-send unchanged health this often")
+    min_interval_s: float = setting(60.0, min=0.0, max=3600.0, doc="never publish health more often")
+    max_interval_s: float = setting(1800.0, min=1.0, max=86400.0, doc="re-send unchanged health this often")
+    # A parked box's health changes little that matters; these are the steps worth a message on a link
+    # billed per MB. A change of an alarm (under-voltage) is always sent at once.
     deadband: dict[str, float] = setting(
-        {"cpu_pct": 10.0, "load_1m": 0.5, "load_5m": 0.5, "load_15m": 0.5, "memory_pct": 5.0,
-         "memory_available_mb": 50.0, "disk_free_mb": 100.0, "disk_used_pct": 1.0, "temperature_c": 2.0,
+        {"cpu_pct": 25.0, "load_1m": float("inf"), "load_5m": 1.0, "load_15m": 0.5, "memory_pct": 5.0,
+         "memory_available_mb": 100.0, "disk_free_mb": 500.0, "disk_used_pct": 2.0, "temperature_c": 5.0,
          "uptime_s": float("inf")},
         min=0.0, inf_ok=True,
         keys=("cpu_pct", "load_1m", "load_5m", "load_15m", "memory_pct", "memory_available_mb", "disk_free_mb",

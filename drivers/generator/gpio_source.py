@@ -33,7 +33,7 @@ class GeneratorConfig(GpioDriverSettings):
     fuel: AdcConfig | None = setting(None, doc="fuel level sender on an ADC channel; absent: fuel_pct is null")
     fuel_low_pct: float = setting(20.0, min=0.0, max=100.0, doc="fuel_low is raised at or below this")
     fuel_low_clear_pct: float = setting(25.0, min=0.0, max=100.0, doc="and cleared at or above this (hysteresis)")
-    deadband: dict[str, float] = setting({"fuel_pct": 2.0, "run_hours": 0.1}, min=0.0,
+    deadband: dict[str, float] = setting({"fuel_pct": 2.0, "run_hours": 1.0}, min=0.0,
                                          inf_ok=True, keys=("fuel_pct", "run_hours"), doc="per field: a smaller change is no change")
 
     def validate(self) -> None:
