@@ -50,7 +50,7 @@ class LinkBudget:
         self.observed_s = float(_count(saved.get("observed_s")))  # of this month, across restarts
         self.step = 0
         self.projected_mb: float | None = None
-        self._last: tuple[int, int] | None = None
+        self._last = (0, 0)  # the meter's totals at the last booking (it counts from the agent's start)
         self._last_mono: float | None = None
         self._saved_mono = time.monotonic()
         self._tally: dict[str, deque] = defaultdict(deque)  # topic -> (bucket, bytes)
@@ -58,10 +58,7 @@ class LinkBudget:
     # -- booking -----------------------------------------------------------------------------------
     def update(self, totals: tuple[int, int], mono: float, epoch_s: float, synced: bool) -> int | None:
         """Book the meter's totals; returns the new step when it changed, else None."""
-        if self._last is None:
-            sent_b = received_b = 0
-        else:
-            sent_b, received_b = max(0, totals[0] - self._last[0]), max(0, totals[1] - self._last[1])
+        sent_b, received_b = max(0, totals[0] - self._last[0]), max(0, totals[1] - self._last[1])
         elapsed_s = 0.0 if self._last_mono is None else max(0.0, mono - self._last_mono)
         self._last, self._last_mono = totals, mono
         if synced:

@@ -240,6 +240,7 @@ class Agent:
             self._on_delivered(item)
         elif isinstance(item, Connected):
             self._ready_session = item.session
+            self._book_link(time.monotonic())  # what the connect cost shows in the first health
             self._on_connected(item.resumed)
         elif isinstance(item, Disconnected):
             self._on_disconnected(item)
@@ -369,12 +370,12 @@ class Agent:
         if step is None:
             return
         self._apply_budget_step(step)
-        figures = {"step": step, "month_mb": round(self.link.month_b / 1e6, 3),
+        figures = {"step": step, "month_bytes": self.link.month_b,
                    "projected_mb": self.link.fields()["link_month_projected_mb"],
                    "budget_mb": self.config.link.budget_mb_month}
         if step:
-            log.warning("data budget: the month would use %s MB of %s MB; saving, step %d",
-                        figures["projected_mb"], figures["budget_mb"], step)
+            log.warning("data budget: %d bytes used this month, on course for %s MB of %s MB; saving, step %d",
+                        figures["month_bytes"], figures["projected_mb"], figures["budget_mb"], step)
         self._on_event(Event("link_budget", "link", "warning" if step else "info", figures, now))
 
     def _apply_budget_step(self, step: int) -> None:
