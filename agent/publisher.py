@@ -208,6 +208,7 @@ class Publisher:
         reconnect, without waiting for keep-alive to notice."""
         with self._client_lock:
             client, connected = self._client, self.connected
+            self.connected = False  # nothing more for this connection; on_disconnect keeps our reason
         if client is not None and connected:
             self._record_error(f"connection lost: {reason}")
             client.disconnect()

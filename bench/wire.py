@@ -17,6 +17,7 @@ per segment (each forwarded read counted as one segment, plus one ACK segment th
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -44,6 +45,7 @@ SEGMENT_HEADERS_B = 52  # IPv4 20 + TCP 20 + timestamps option 12
 
 def main() -> int:
     seconds = env_seconds("BENCH_WIRE_S", 600.0)
+    discovery = os.environ.get("BENCH_WIRE_HA", "") not in ("", "0")  # Home Assistant discovery on
     folder = scratch("wire")
     certs = _make_certs(folder / "certs")
     plain_port = free_port()
@@ -53,9 +55,12 @@ def main() -> int:
     with Broker(folder / "broker", tls=tls, extra=[f"listener {plain_port} 127.0.0.1"]) as broker:
         for name, config in (("parked", _parked_config(folder, broker.port)),
                              ("busy", _busy_config(folder, broker.port))):
+            if discovery:
+                config = deep_merge(config, {"homeassistant": {"enabled": True}})
+                name += "+HA"
             figures = _measure(name, config, broker.port, plain_port, certs, seconds, folder)
-            ok &= _report(name, figures, judged=(name == "parked"))
-    print(f"(logs: {folder})")
+            ok &= _report(name, figures, judged=name.startswith("parked"))
+    print(f"(logs: {folder}; BENCH_WIRE_HA=1 turns Home Assistant discovery on)")
     return 0 if ok else 1
 
 
@@ -82,7 +87,8 @@ def _measure(name: str, config: dict, tls_port: int, plain_port: int, certs: Pat
     path = folder / f"{name}.toml"
     path.write_text(toml_dumps(config))
     box = config["box"]["id"]
-    counter = _TopicCounter(plain_port, f"{config.get('mqtt', {}).get('topic_prefix', 'boxtel')}/{box}/#")
+    counter = _TopicCounter(plain_port, [f"{config.get('mqtt', {}).get('topic_prefix', 'boxtel')}/{box}/#",
+                                         f"homeassistant/+/{box}/+/config"])
     log = open(folder / f"agent-{name}.log", "wb")
     agent = subprocess.Popen([python(), "-m", "agent", "run", "-c", str(path)], stdout=log,
                              stderr=subprocess.STDOUT, cwd=ROOT)
@@ -122,7 +128,7 @@ def _measure(name: str, config: dict, tls_port: int, plain_port: int, certs: Pat
 class _TopicCounter:
     """Per topic: messages, MQTT payload bytes, and the same payload as compact JSON (the floor)."""
 
-    def __init__(self, port: int, topic: str):
+    def __init__(self, port: int, topics: list[str]):
         self.lock = threading.Lock()
         self.messages: dict[str, int] = defaultdict(int)
         self.payload_b: dict[str, int] = defaultdict(int)
@@ -130,13 +136,13 @@ class _TopicCounter:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-wire-{port}", protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe(topic, qos=1)
+        self.client.subscribe([(topic, 1) for topic in topics])
         self.client.loop_start()
 
     def _on_message(self, client, userdata, message) -> None:
         # History and per-locker topics are grouped by their stream: boxtel/<id>/<stream>[/...]
         parts = message.topic.split("/")
-        stream = "/".join(parts[2:4]) if len(parts) > 3 and parts[2] in ("history", "locker") else "/".join(parts[2:3])
+        stream = "homeassistant" if parts[0] == "homeassistant" else "/".join(parts[2:4]) if len(parts) > 3 and parts[2] in ("history", "locker") else "/".join(parts[2:3])
         try:
             floor = len(json.dumps(json.loads(message.payload), separators=(",", ":")).encode())
         except ValueError:

@@ -10,7 +10,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import MqttSettings
 from agent.publisher import tls_context
+from agent.topicalias import TopicAliases
 from tests.gpio_support import agent_in_process
+from tests.proxy import BLACKHOLE, CUT, PASS, LinkProxy
+from tests.support import wait_until
 
 
 def _connect_once(context, port: int) -> bool:
@@ -60,6 +63,8 @@ def test_a_broker_that_forgot_the_session_gets_a_full_verified_handshake(make_br
 
 # -- the monthly data budget ---------------------------------------------------------------------------
 DOOR = 23
+STATUS = "boxtel/test-001/status"
+LOCKER = "boxtel/test-001/locker"
 
 
 def test_a_tiny_budget_saves_in_steps_and_says_so_but_an_alarm_still_goes_at_once(
@@ -95,3 +100,72 @@ def test_link_figures_count_the_bytes_on_the_wire(make_config, broker, subscribe
         today = first["link_sent_bytes_today"] + first["link_received_bytes_today"]
         assert abs(first["link_month_mb"] * 1e6 - today) <= 500  # MB to three decimals
         assert first["link_budget"] == "off" and first["link_budget_step"] == 0
+
+
+# -- a reconnect resends only what the broker may have lost -------------------------------------------
+def test_a_resumed_session_resends_only_the_state_that_changed_while_offline(
+        make_config, broker, subscribe, mock_pins):
+    from drivers.gpio_sim import wire_pin
+
+    proxy = LinkProxy(broker.port)
+    config = make_config(broker, extra={"gpio": {"pin_factory": "mock"}, "mqtt": {"port": proxy.port},
+                                        "locker": [{"name": "armory-1", "door": {"pin": 23}},
+                                                   {"name": "armory-2", "door": {"pin": 24}}]})
+    wire_pin(mock_pins, 23, high=False)
+    wire_pin(mock_pins, 24, high=False)
+    sub = subscribe("boxtel/test-001/#")
+    try:
+        with agent_in_process(config) as agent:
+            birth = sub.wait_for(STATUS, lambda p: p["state"] == "online").json
+            for name in ("armory-1", "armory-2"):
+                sub.wait_for(f"{LOCKER}/{name}", lambda p: p["door"] == "closed")
+            wait_until(lambda: agent.outbox.depth == 0, 10, "the first state acknowledged")
+            proxy.set_mode(CUT)
+            wait_until(lambda: not agent.publisher.connected, 15, "the link loss noticed")
+            mock_pins.pin(23).drive_high()  # armory-1 opened while offline; armory-2 stays closed
+            wait_until(lambda: agent.outbox.depth > 0, 10, "the door event kept in the outbox")
+            before = {name: len(sub.on(f"{LOCKER}/{name}")) for name in ("armory-1", "armory-2")}
+            proxy.set_mode(PASS)
+            sub.wait_for(STATUS, lambda p: p["state"] == "online" and p["session"] > birth["session"], timeout=20)
+            sub.wait_for("boxtel/test-001/events", lambda p: p["kind"] == "door_opened")
+            sub.wait_for(f"{LOCKER}/armory-1", lambda p: p["door"] == "open")
+            wait_until(lambda: agent.outbox.depth == 0, 10, "everything acknowledged")
+            assert len(sub.on(f"{LOCKER}/armory-2")) == before["armory-2"]  # the broker kept it: not resent
+            assert agent.publisher.births_republished == 0  # the old connection's will came ahead of our birth
+            retained = subscribe(f"{LOCKER}/+")
+            assert retained.wait_for(f"{LOCKER}/armory-2").json["door"] == "closed"
+    finally:
+        proxy.close()
+
+
+def test_topic_aliases_name_each_topic_once_per_connection():
+    aliases = TopicAliases(2)
+    first, properties = aliases.publish_args("boxtel/pib-017/gps")
+    assert first == "boxtel/pib-017/gps" and properties.TopicAlias == 1  # the broker learns the mapping
+    again, properties = aliases.publish_args("boxtel/pib-017/gps")
+    assert again == "" and properties.TopicAlias == 1
+    assert aliases.publish_args("boxtel/pib-017/health")[1].TopicAlias == 2
+    assert aliases.publish_args("boxtel/pib-017/water") == ("boxtel/pib-017/water", None)  # beyond the maximum
+    assert TopicAliases(0).publish_args("boxtel/pib-017/gps") == ("boxtel/pib-017/gps", None)
+
+
+def test_an_event_on_a_half_open_link_does_not_wait_for_keepalive(make_config, broker, subscribe, mock_pins):
+    from drivers.gpio_sim import wire_pin
+
+    proxy = LinkProxy(broker.port)
+    config = make_config(broker, extra={"gpio": {"pin_factory": "mock"},
+                                        "mqtt": {"port": proxy.port, "keepalive_s": 600, "ack_timeout_s": 2.0},
+                                        "locker": [{"name": "armory-1", "door": {"pin": 23}}]})
+    wire_pin(mock_pins, 23, high=False)
+    sub = subscribe("boxtel/test-001/#")
+    try:
+        with agent_in_process(config) as agent:
+            sub.wait_for(f"{LOCKER}/armory-1", lambda p: p["door"] == "closed")
+            proxy.set_mode(BLACKHOLE)
+            mock_pins.pin(23).drive_high()
+            wait_until(lambda: not agent.publisher.connected, 15, "the dead link given up for a missing PUBACK")
+            assert "no PUBACK" in (agent.publisher.last_error or "")
+            proxy.set_mode(PASS)
+            sub.wait_for("boxtel/test-001/events", lambda p: p["kind"] == "door_opened", timeout=20)
+    finally:
+        proxy.close()
