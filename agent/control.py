@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from agent import untrusted
 from agent.errors import ConfigError, UnavailableError
 
 log = logging.getLogger("boxtel.control")
@@ -48,7 +49,19 @@ class ControlError(Exception):
 
 
 class AgentNotRunning(UnavailableError):
-    """No agent answers on the socket (missing, or refused: a stale file from a killed agent)."""
+    """No agent answers on the socket (missing, or refused: a stale file from a killed agent), and
+    none holds the state dir (or the caller did not say which)."""
+
+
+class AgentNotAnswering(UnavailableError):
+    """An agent holds the state dir, but its control socket does not answer (gone, or its thread died)."""
+
+    REMEDY = ("its socket was removed or its diagnostics failed (the agent's log says why: journalctl -u boxtel "
+              "-e); systemctl restart boxtel brings them back")
+
+    def __init__(self, summary: str):
+        self.summary = summary
+        super().__init__(f"{summary}: {self.REMEDY}")
 
 
 # -- the server (inside the agent) -------------------------------------------------------------------
@@ -183,8 +196,9 @@ class ControlServer:
                     elif key.fileobj == self._wake_r:
                         self._drain_wake()
                     else:
-                        self._service(key.data, events)
+                        self._service_guarded(key.data, events)
         except Exception:  # noqa: BLE001 - diagnostics must never take the agent down
+            # The watchdog sees the thread gone (alive()) and stops pinging: systemd restarts the agent.
             log.exception("control socket thread failed; diagnostics are off until restart")
         finally:
             for key in list(self._selector.get_map().values()):
@@ -206,6 +220,23 @@ class ControlServer:
             return
         self.clients += 1
         self._selector.register(sock, selectors.EVENT_READ, client)
+
+    def alive(self) -> str | None:
+        """For the systemd watchdog: None while the control thread serves (or never started: a socket
+        that could not be bound is logged, and a restart would not bind it either)."""
+        if self._thread is not None and not self._thread.is_alive() and not self._stopping.is_set():
+            return "the control socket thread is not running"
+        return None
+
+    def _service_guarded(self, client: _Client, events: int) -> None:
+        """The one guard around a client's requests: whatever goes wrong costs that client, never the
+        thread. (Answers are guarded on their own, in `_answer`; this is for the plumbing around them.)"""
+        try:
+            self._service(client, events)
+        except Exception as err:  # noqa: BLE001 - one client must not end diagnostics for everyone
+            log.exception("control socket: serving a client failed")
+            client.send_now({"ok": False, "error": f"internal error: {type(err).__name__} (see the agent's log)"})
+            self._close(client)
 
     def _service(self, client: _Client, events: int) -> None:
         if events & selectors.EVENT_READ:
@@ -248,11 +279,20 @@ class ControlServer:
         self._update_interest(client)
 
     def _answer(self, client: _Client, line: bytes) -> dict[str, Any]:
+        """The answer to one request line; never raises (a bug is logged and answered as an error)."""
         try:
-            request = json.loads(line)
+            request = untrusted.flat_object(line, max_bytes=MAX_REQUEST_BYTES)
             cmd = request["cmd"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError):
             return {"ok": False, "error": 'bad request: expected one JSON object per line, e.g. {"cmd": "status"}'}
+        try:
+            return self._command(client, request, cmd)
+        except Exception as err:  # noqa: BLE001 - a bug answering one request must not end diagnostics
+            log.exception("control socket: answering %s failed", untrusted.printable(cmd))
+            return {"ok": False, "error": f"internal error answering {untrusted.printable(cmd)}: "
+                    f"{type(err).__name__} (see the agent's log)"}
+
+    def _command(self, client: _Client, request: dict[str, Any], cmd: Any) -> dict[str, Any]:
         try:
             if cmd == "status":
                 return {"ok": True, "status": self._status()}
@@ -268,7 +308,7 @@ class ControlServer:
         except ControlError as err:
             return {"ok": False, "error": str(err)}
         known = "status, watch, pins, probe (what: gps)"
-        return {"ok": False, "error": f"unknown command {cmd!r} (known: {known})"}
+        return {"ok": False, "error": f"unknown command '{untrusted.printable(cmd)}' (known: {known})"}
 
     def _status(self) -> dict[str, Any]:
         try:
@@ -350,6 +390,9 @@ class ControlServer:
             pass  # a full pipe already means "wake up"
 
     def _close(self, client: _Client) -> None:
+        if client.closed:
+            return  # the guard may close a client its own code already closed
+        client.closed = True
         with self._lock:
             if client in self._watchers:
                 self._watchers.remove(client)
@@ -371,6 +414,7 @@ class _Client:
         self.dropped = 0  # not yet reported to this client
         self.eof = False  # the client has stopped sending
         self.interest = selectors.EVENT_READ
+        self.closed = False
 
     def write(self, message: dict[str, Any]) -> None:
         self.outbuf += _line(message)
@@ -432,26 +476,42 @@ def socket_path(config_path: str) -> str:
     """The socket named by the config, read leniently: a technician who may not read the agent's secret
     files (so cannot fully validate the config) still finds the agent."""
     from agent.config import DiagnosticsSettings
+
+    return _lenient(config_path, "diagnostics", "socket", DiagnosticsSettings)
+
+
+def state_dir_path(config_path: str) -> str:
+    """The state dir named by the config, read as leniently: its lock tells whether an agent runs when
+    the socket does not answer."""
+    from agent.config import BoxSettings
+
+    return _lenient(config_path, "box", "state_dir", BoxSettings, id="x")  # any valid id: not read here
+
+
+def _lenient(config_path: str, section: str, key: str, cls: type, **required: Any) -> Any:
+    """`section.key` validated alone (the rest of the file may be wrong or unreadable), else its default."""
     from agent.schema import build
 
     try:
         with open(config_path, "rb") as handle:
-            raw = tomllib.load(handle)
-        base_dir = Path(config_path).resolve().parent
-        return build(DiagnosticsSettings, raw.get("diagnostics", {}), where="diagnostics",
-                     base_dir=base_dir, file=config_path).socket
+            table = tomllib.load(handle).get(section, {})
+        picked = {key: table[key]} if isinstance(table, dict) and key in table else {}
+        return getattr(build(cls, {**required, **picked}, where=section, base_dir=Path(config_path).resolve().parent,
+                             file=config_path), key)
     except (OSError, tomllib.TOMLDecodeError, ConfigError):
-        return DiagnosticsSettings().socket
+        return getattr(cls(**required), key)
 
 
-def connect(path: str, timeout_s: float = 10.0) -> socket.socket:
+def connect(path: str, timeout_s: float = 10.0, *, state_dir: str | None = None) -> socket.socket:
+    """Connect to the agent's socket; when nothing answers, the state dir's lock says whether an agent
+    is there at all (so a dead diagnostics thread is never reported as "no agent is running")."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
         sock.connect(path)
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
         sock.close()
-        raise AgentNotRunning(f"no boxtel agent is running (nothing answers on {path})") from None
+        raise _nobody_answers(path, state_dir) from None
     except PermissionError:
         sock.close()
         raise UnavailableError(
@@ -464,9 +524,29 @@ def connect(path: str, timeout_s: float = 10.0) -> socket.socket:
     return sock
 
 
-def request(path: str, cmd: str, timeout_s: float = 10.0, **fields: Any) -> dict[str, Any]:
+def _nobody_answers(path: str, state_dir: str | None) -> UnavailableError:
+    from agent import statelock
+
+    if state_dir is None:
+        return AgentNotRunning(f"no boxtel agent is running (nothing answers on {path})")
+    try:
+        pid = statelock.holder(Path(state_dir))
+    except OSError as err:
+        return UnavailableError(
+            f"nothing answers on {path}, and the state dir {state_dir} cannot tell whether an agent runs "
+            f"({err.strerror or err}): try with sudo"
+        )
+    if pid is None:
+        return AgentNotRunning(f"no boxtel agent is running (nothing answers on {path}, "
+                               f"nothing holds the state dir {state_dir})")
+    return AgentNotAnswering(f"the agent ({f'pid {pid}' if pid else 'pid unknown'}) holds the state dir "
+                             f"{state_dir} but its control socket {path} does not answer")
+
+
+def request(path: str, cmd: str, timeout_s: float = 10.0, *, state_dir: str | None = None,
+            **fields: Any) -> dict[str, Any]:
     """One request, one answer; raises UnavailableError (exit 69) when the agent cannot answer."""
-    with connect(path, timeout_s) as sock:
+    with connect(path, timeout_s, state_dir=state_dir) as sock:
         try:
             sock.sendall(_line({"cmd": cmd, **fields}))
             answer = _read_line(sock.makefile("rb"))
@@ -479,10 +559,10 @@ def request(path: str, cmd: str, timeout_s: float = 10.0, **fields: Any) -> dict
     return answer
 
 
-def watch(path: str) -> Iterator[dict[str, Any]]:
+def watch(path: str, *, state_dir: str | None = None) -> Iterator[dict[str, Any]]:
     """Every reading and event the agent accepts, as it accepts them, until the agent stops. Connects
     before returning, so a missing agent raises here and the agent counts the watcher at once."""
-    sock = connect(path)
+    sock = connect(path, state_dir=state_dir)
     try:
         sock.sendall(_line({"cmd": "watch"}))
         sock.settimeout(None)

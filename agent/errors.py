@@ -9,6 +9,7 @@ EX_USAGE = 64  # bad command line
 EX_DATAERR = 65  # bad input data (e.g. a capture with no NMEA)
 EX_UNAVAILABLE = 69  # a service we need is not there (no agent running, broker unreachable)
 EX_SOFTWARE = 70  # internal error: a bug, reported with a traceback in the log
+EX_TEMPFAIL = 75  # try again later (another agent holds the state dir)
 EX_CONFIG = 78  # configuration error
 
 def unsafe_char(char: str) -> bool:
@@ -59,3 +60,7 @@ class UnavailableError(BoxtelError):
 
 class UsageError(BoxtelError):
     exit_code = EX_USAGE
+
+
+class TempFailError(BoxtelError):
+    exit_code = EX_TEMPFAIL

@@ -32,7 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent import __version__, statefile
+from agent import __version__, statefile, untrusted
 from agent.clock import Clock
 from agent.config import Config, MqttSettings
 from agent.errors import ConfigError
@@ -51,6 +51,9 @@ _OFFLINE_ACK_WAIT_S = 2.0  # on stop: how long to wait for the broker to take ou
 # ("session present") knows the broker kept its state, retained topics included, and resends only what
 # changed; after a longer outage, or a broker that lost it, everything goes out again.
 SESSION_EXPIRY_S = 7 * 86400
+_STATUS_MAX_BYTES = 1024  # a status is ~200 bytes; anything bigger on our status topic is not one
+_BIRTH_REPUBLISH_S = 5.0  # at most one birth republished per this, however many statuses displace it
+_STATUS_WARN_S = 60.0  # one warning per minute about them; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,101 @@ class Delivered:
     session: int
     mid: int
     error: str | None
+
+
+@dataclass(frozen=True)
+class StatusSeen:
+    """A message on the box's own status topic, as paho's thread hands it over: its fields, or None
+    when it is not a small flat JSON object (then only its size is kept, never its bytes)."""
+
+    fields: dict[str, Any] | None
+    size: int
+
+    @classmethod
+    def read(cls, payload: bytes) -> StatusSeen:
+        try:
+            return cls(untrusted.flat_object(payload, max_bytes=_STATUS_MAX_BYTES), len(payload))
+        except ValueError:
+            return cls(None, len(payload))
+
+    def describe(self) -> str:
+        if self.fields is None:
+            return f"not a small flat JSON object ({self.size} bytes)"
+        return (f"state {untrusted.printable(self.fields.get('state'))}, "
+                f"session {untrusted.printable(self.fields.get('session'))}")
+
+
+class StatusGuard:
+    """Keeps the agent's current birth the retained status on its status topic.
+
+    Anything else seen there -- a stale will arriving late, a forged will (even one carrying the live
+    session), junk, an empty payload clearing it -- has displaced the birth, which is republished: at
+    most once per `_BIRTH_REPUBLISH_S`, and once more after a burst if the burst ended on something
+    else, so 5 000 forged wills cost two births, not 5 000. Warned about once per minute, the rest
+    counted (`foreign_statuses`, `births_republished`).
+    """
+
+    def __init__(self, topic: str):
+        self.topic = topic
+        self.foreign = 0
+        self.births_republished = 0
+        self._displaced: StatusSeen | None = None  # the latest thing seen in our birth's place
+        self._republish_at = 0.0  # monotonic: not before
+        self._warn_at = 0.0
+        self._unwarned = 0
+        self._birth_back = False  # the broker has sent this connection's birth back to us
+
+    def seen(self, status: StatusSeen, own: dict[str, Any], now: float) -> None:
+        fields = status.fields
+        if fields is not None and {k: v for k, v in fields.items() if k != "ts"} == own:
+            self._displaced = None  # our birth (as published, bar its time) is what the broker keeps
+            self._birth_back = True
+            return
+        if not self._birth_back:
+            # Ahead of our birth's echo: published before it, so our birth has replaced it already. A
+            # resumed MQTT session delivers the will of the connection that died just so.
+            return
+        self.foreign += 1
+        self._displaced = status
+        if now >= self._warn_at:
+            more = f" ({self._unwarned} more since the last warning)" if self._unwarned else ""
+            log.warning("the retained status on %s was replaced (%s)%s: republishing our birth (session %s), "
+                        "at most once per %.0f s", self.topic, status.describe(), more, own.get("session"),
+                        _BIRTH_REPUBLISH_S)
+            self._warn_at, self._unwarned = now + _STATUS_WARN_S, 0
+        else:
+            self._unwarned += 1
+
+    def republish_due(self, now: float, *, live: bool = True) -> bool:
+        """True when the birth should go out now (the caller publishes it). Not `live` (stopping, the
+        connection ending): nothing is due, and nothing stays pending to wake the caller for."""
+        if self._unwarned and now >= self._warn_at:
+            log.warning("%d more stale or foreign statuses on %s in the last minute; births republished so "
+                        "far: %d (at most one per %.0f s)", self._unwarned, self.topic, self.births_republished,
+                        _BIRTH_REPUBLISH_S)
+            self._warn_at, self._unwarned = now + _STATUS_WARN_S, 0
+        if not live:
+            self._displaced = None
+            return False
+        if self._displaced is None or now < self._republish_at:
+            return False
+        self._displaced = None
+        self._republish_at = now + _BIRTH_REPUBLISH_S
+        self.births_republished += 1
+        return True
+
+    def wait_s(self, now: float) -> float | None:
+        """How long the supervisor may wait for its next item before `republish_due()` has work."""
+        deadlines = []
+        if self._displaced is not None:
+            deadlines.append(self._republish_at)
+        if self._unwarned:
+            deadlines.append(self._warn_at)
+        return max(0.0, min(deadlines) - now) if deadlines else None
+
+    def new_connection(self) -> None:
+        self._displaced = None  # a fresh birth goes out with every connection
+        self._birth_back = False
 
 
 def tls_context(settings: MqttSettings, *, file: str) -> ssl.SSLContext:
@@ -154,8 +252,7 @@ class Publisher:
         self.connects = 0
         self.reconnects = 0
         self.connect_failures = 0
-        self.births_republished = 0
-        self._birth_echoed: int | None = None  # the session whose birth the broker has sent back to us
+        self.statuses = StatusGuard(self.status_topic)
         self.last_error: str | None = None
         self.last_error_mono: float | None = None
         self.last_progress = time.monotonic()
@@ -233,7 +330,8 @@ class Publisher:
             "mqtt_session": self.session,
             "reconnects": self.reconnects,
             "connect_failures": self.connect_failures,
-            "births_republished": self.births_republished,
+            "births_republished": self.statuses.births_republished,
+            "foreign_statuses": self.statuses.foreign,
             "mqtt_last_error": self.last_error,
         }
 
@@ -281,31 +379,26 @@ class Publisher:
         return client
 
     def _wait_for_disconnect(self, client: mqtt.Client) -> None:
+        self.statuses.new_connection()
         while True:
-            item = self._work.get()
+            try:
+                item = self._work.get(timeout=self.statuses.wait_s(time.monotonic()))
+            except queue.Empty:
+                item = None
             self.last_progress = time.monotonic()
             if item == "stop" or (isinstance(item, Disconnected) and item.session == self.session):
                 break
-            if isinstance(item, dict):
+            if item is None or isinstance(item, StatusSeen):  # None: a republish or warning is due
                 self._check_status(client, item)
         client.loop_stop()
 
-    def _check_status(self, client: mqtt.Client, status: dict[str, Any]) -> None:
-        """A stale will (from an earlier session) overwrote our birth: publish the birth again.
-
-        Only once our birth has come back: a resumed MQTT session hands over the will of the connection
-        that died (queued while we were away) ahead of it, and that will is already history."""
-        if status.get("state") == "online" and status.get("session") == self.session:
-            self._birth_echoed = self.session
-            return
-        if status.get("state") == "offline" and status.get("session") != self.session and self.connected \
-                and self._birth_echoed == self.session:
-            log.warning(
-                "a stale last will (session %s) replaced our status; republishing birth (session %d)",
-                status.get("session"),
-                self.session,
-            )
-            self.births_republished += 1
+    def _check_status(self, client: mqtt.Client, status: StatusSeen | None) -> None:
+        """Something other than our birth is on our status topic: publish the birth again (rate limited)."""
+        now = time.monotonic()
+        live = self.connected and not self._stopping.is_set()  # else: our own clean "offline", or the end
+        if status is not None and live:
+            self.statuses.seen(status, self._status_fields("online"), now)
+        if self.statuses.republish_due(now, live=live):
             client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
 
     def _sleep(self, delay: float) -> None:
@@ -416,18 +509,18 @@ class Publisher:
         self._notify(Delivered(session, mid, error))
 
     def _on_message(self, client, userdata, message) -> None:
-        try:
-            status = json.loads(message.payload)
-        except ValueError:
-            return
-        if isinstance(status, dict):
-            self._work.put(status)
+        self._work.put(StatusSeen.read(message.payload))  # our one subscription: the status topic
 
     # -- helpers -----------------------------------------------------------------------------------
     def _status_payload(self, state: str, reason: str | None = None, *, session: int | None = None) -> str:
+        # "state" stays the first key, "ts" the second, as ever.
+        payload = {"state": state, "ts": self.clock.iso_now(), **self._status_fields(state, reason, session=session)}
+        return json.dumps(payload, separators=(",", ":"))
+
+    def _status_fields(self, state: str, reason: str | None = None, *, session: int | None = None) -> dict[str, Any]:
+        """A status but its time: what `StatusGuard` recognises as our own."""
         payload = {
             "state": state,
-            "ts": self.clock.iso_now(),
             "version": __version__,
             "site": self.config.box.site,
             "boot_id": self._boot_id,
@@ -435,7 +528,7 @@ class Publisher:
         }
         if reason:
             payload["reason"] = reason
-        return json.dumps(payload, separators=(",", ":"))
+        return payload
 
     def _record_error(self, message: str) -> None:
         if message != self.last_error:

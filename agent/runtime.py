@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from agent import __version__
+from agent import __version__, statelock
 from agent.bus import Bus, Event, Reading
 from agent.clock import Clock
 from agent.config import Config
@@ -79,6 +79,21 @@ class Agent:
         self.bus = Bus()
         self.started_mono = time.monotonic()
         self.base_topic = f"{config.mqtt.topic_prefix}/{config.box.id}"
+        # First of all: a second agent on this state dir stops here, before it touches the outbox.
+        try:
+            self.state_lock = statelock.acquire(config.state_dir)
+        except OSError as err:
+            # A read-only or failing state dir: the outbox runs in memory and says so; telemetry goes on.
+            log.warning("cannot lock the state dir %s (%s): a second agent on it would not be stopped",
+                        config.state_dir, err.strerror or err)
+            self.state_lock = statelock.StateLock(-1, config.state_dir / statelock.LOCK_FILE)
+        try:
+            self._build(config)
+        except BaseException:
+            self.state_lock.release()
+            raise
+
+    def _build(self, config: Config) -> None:
         try:
             self.outbox = Outbox(config.state_dir / "outbox.db", max_bytes=int(config.outbox.max_mb * 2**20))
         except OutboxError as err:
@@ -197,13 +212,14 @@ class Agent:
         self.link.save()
         self.outbox.close()
         self.notifier.close()
+        self.state_lock.release()
         log.info("stopped")
 
     def _start_systemd_notify(self) -> None:
         """READY=1 once drivers and outbox are up; the watchdog when the unit sets WatchdogSec."""
         interval = watchdog_interval_s()
         if interval is not None and self.notifier.enabled:
-            checks = [self.publisher.alive, *(driver.alive for driver in self.drivers)]
+            checks = [self.publisher.alive, self.control.alive, *(driver.alive for driver in self.drivers)]
             self.watchdog = Watchdog(self.notifier, interval, request_tick=lambda: self.bus.put(_TICK), checks=checks)
             self.watchdog.start()
         self.notifier.send("READY=1", f"STATUS={self.status_line()}")
@@ -280,7 +296,10 @@ class Agent:
 
     def _sleep_s(self) -> float:
         deadlines = [t.next_due() for t in self.throttles.values()]
-        deadlines += [at for at, _ in self._refused.values()]
+        now = time.monotonic()
+        # Only retries still ahead: a due one is taken by the next _fill_window (or waits for a
+        # connection), and a deadline in the past would spin the core until then.
+        deadlines += [at for at, _ in self._refused.values() if at > now]
         if self._flush_at is not None:
             deadlines.append(self._flush_at)
         if self._health_at is not None:
@@ -293,7 +312,7 @@ class Agent:
         if self.publisher.connected and (replay_at := self.replay.next_at()) is not None:
             deadlines.append(replay_at)
         soonest = min(deadlines, default=float("inf"))
-        return max(0.0, min(soonest - time.monotonic(), 3600.0))
+        return max(0.0, min(soonest - now, 3600.0))
 
     # -- readings and events -----------------------------------------------------------------------
     def _on_reading(self, reading: Reading) -> None:
@@ -436,7 +455,8 @@ class Agent:
         if item.error is None:
             if state is not None:
                 self._on_broker[state[0]] = state[1]  # the broker holds this as the stream's retained state
-            self._refused.pop(seq, None)
+            if self._refused.pop(seq, None) is not None:
+                self._retry_refused_now()  # the broker takes what it refused: the cause is gone (ACL fixed)
             # Deletions ride with the next commit (no disk write of their own, sparing the SD card);
             # they count against the in-flight window until then, bounding duplicates after a crash.
             self.outbox.delivered(seq)
@@ -451,7 +471,13 @@ class Agent:
             self._refused[seq] = (time.monotonic() + delay, delay)
             log.error("%s; kept in the outbox, retry in %.0f s", self.last_publish_error, delay)
 
+    def _retry_refused_now(self) -> None:
+        """Every refused message is retried at once, its backoff from the start (30 s if refused again)."""
+        self._refused = {seq: (0.0, _REFUSED_RETRY_MIN_S / 2) for seq in self._refused}
+
     def _on_connected(self, resumed: bool = False) -> None:
+        # A new connection may be to a fixed broker (ACL, quota): what it refused goes again now.
+        self._retry_refused_now()
         # The current state of every stream goes first, retained, before events and history. A broker
         # that kept our session kept its retained topics too: then only what it has not acknowledged
         # (changed while offline, or lost in flight) goes again; otherwise all of it.
@@ -535,6 +561,7 @@ class Agent:
             **self.publisher.snapshot(),
             "publish_errors": self.publish_errors,
             "last_publish_error": self.last_publish_error,
+            "refused_pending": len(self._refused),  # refused and not yet delivered: status warns of these
             **self.outbox_fields(),
             "last_seq": self.outbox.last_seq,
             **self.clock.snapshot(),

@@ -183,3 +183,57 @@ def test_a_client_that_half_closes_still_gets_its_answer(broker, make_config, ru
         sock.shutdown(socket.SHUT_WR)
         lines = sock.makefile("rb").read().splitlines()
     assert [json.loads(line) for line in lines] == [{"ok": True, "pins": []}]
+
+
+HOSTILE_REQUESTS = [
+    b"[" * 1500 + b"]" * 1500,  # RecursionError in json.loads: it used to end the control thread
+    b'{"cmd": ' + b"[" * 1500 + b"]" * 1500 + b"}",
+    b'{"cmd": {"nested": true}}',
+    b'{"cmd": ["status"]}',
+    b'{"cmd": "status", "what": 1e999}',
+    b'{"cmd": NaN}',
+    b"\xff\xfe not utf-8",
+    b"[]",
+    b'"status"',
+    b"{}",
+]
+
+
+def test_no_request_within_the_cap_can_end_the_control_thread(broker, make_config, run_agent):
+    config = make_config(broker, SIMULATED)
+    agent = run_agent(config)
+    path = socket_of(config)
+    wait_until(lambda: is_socket(path), what="the control socket")
+    for request in HOSTILE_REQUESTS:
+        assert len(request) < control.MAX_REQUEST_BYTES
+        with control.connect(path) as sock:
+            answer = ask(sock, request + b"\n")
+            assert answer["ok"] is False and answer["error"].startswith("bad request"), (request[:40], answer)
+            assert ask(sock, {"cmd": "status"})["ok"]  # the same connection goes on
+    # A command that is a string full of control characters is named escaped, on one line.
+    with control.connect(path) as sock:
+        unknown = ask(sock, {"cmd": "x\nboxtel.core: forged line\x1b[2J"})
+    assert "\n" not in unknown["error"] and "\x1b" not in unknown["error"] and "x\\nboxtel.core" in unknown["error"]
+    status = boxtel("status", "-c", str(config))
+    assert status.returncode == 0 and f"pid {agent.pid}" in status.stdout, status
+    doctor = boxtel("doctor", "-c", str(config))
+    assert f"OK   agent: running (pid {agent.pid}" in doctor.stdout, doctor
+    assert control.request(path, "status")["status"]["control"]["clients"] == 1  # this request alone
+    assert "Traceback" not in agent.log() and "control socket thread failed" not in agent.log()
+
+
+def test_a_bug_answering_one_request_is_an_error_line_and_the_thread_serves_on(broker, make_config, monkeypatch):
+    monkeypatch.setitem(__import__("drivers").REGISTRY, "gps", "tests.diag_support:FakeGps")
+    config = make_config(broker, {"gps": {"port": "/dev/null"}})
+    with agent_in_process(config) as agent:
+        path = agent.config.diagnostics.socket
+
+        def broken_status():
+            raise RuntimeError("a bug in the driver's status()")
+
+        agent.drivers[0].status = broken_status
+        with control.connect(path) as sock:
+            answer = ask(sock, {"cmd": "probe", "what": "gps"})
+            assert answer == {"ok": False, "error": "internal error answering probe: RuntimeError (see the agent's log)"}
+            assert ask(sock, {"cmd": "pins"}) == {"ok": True, "pins": []}  # same connection, same thread
+        assert agent.control.alive() is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,11 @@ from drivers.base import DriverContext
 from drivers.gps.driver import GpsConfig, GpsDriver
 from drivers.gps.nmea import distance_m
 from drivers.gps.serial_source import probe_port
-from drivers.gps.sim import HOME, epoch_sentences
+from drivers.gps.sim import HOME, epoch_sentences, sentence
 from tests.support import wait_until
 
 GPS_NOW = 1_764_150_000.0  # 2025-11-26T09:40:00Z: what the receiver says it is
+EPOCH_STEP_S = 0.05  # epochs sent in a burst: a 20 Hz receiver
 
 
 class Harness:
@@ -33,7 +35,8 @@ class Harness:
         self.driver = GpsDriver(self.config, self.ctx)
         self.readings: list[dict] = []
         self.events: list[Event] = []
-        self.epoch_s = GPS_NOW
+        self._started = time.monotonic()
+        self.epoch_s = GPS_NOW - EPOCH_STEP_S
 
     def start(self) -> Harness:
         self.driver.start()
@@ -53,10 +56,15 @@ class Harness:
     def send(self, lat: float = HOME[0], lon: float = HOME[1], fix: bool = True, seconds: int = 1) -> None:
         """`seconds` epochs of receiver output, one after the other (the driver sees them as they come)."""
         for _ in range(seconds):
-            for line in epoch_sentences(self.epoch_s, lat=lat, lon=lon, alt_m=5.0, speed_mps=0.1,
+            for line in epoch_sentences(self.next_epoch_s(), lat=lat, lon=lon, alt_m=5.0, speed_mps=0.1,
                                         course_deg=90.0, fix=fix):
                 self.pty.write(line)
-            self.epoch_s += 1
+
+    def next_epoch_s(self) -> float:
+        """The receiver's time for an epoch sent now: GPS_NOW plus the time since start, as a receiver's
+        clock runs with the monotonic clock (the integrity check distrusts one that does not)."""
+        self.epoch_s = max(self.epoch_s + EPOCH_STEP_S, GPS_NOW + time.monotonic() - self._started)
+        return self.epoch_s
 
     def wait_reading(self, where, what: str = "a reading", feed: dict | None = None) -> dict:
         """Wait for a reading; with `feed`, the receiver keeps sending that epoch meanwhile (it does not
@@ -158,12 +166,11 @@ def test_a_uart_receiver_trickling_sentences_in_pieces_gives_whole_fixes(gps):
     damaged_before = box.driver.stats["malformed"] + box.driver.stats["bad_checksum"]  # (a cut first line)
     north = (HOME[0] + 0.001, HOME[1])  # 111 m from anything sent before
     for _ in range(3):  # at 9600 baud an epoch arrives over ~0.4 s, a few bytes at a time
-        epoch = "".join(epoch_sentences(box.epoch_s, lat=north[0], lon=north[1], alt_m=5.0, speed_mps=0.1,
+        epoch = "".join(epoch_sentences(box.next_epoch_s(), lat=north[0], lon=north[1], alt_m=5.0, speed_mps=0.1,
                                         course_deg=90.0)).encode()
         for start in range(0, len(epoch), 24):
             box.pty.write(epoch[start:start + 24])
             time.sleep(0.02)  # the line's pace, not a synchronisation
-        box.epoch_s += 1
     values = box.wait_reading(lambda r: r["lat"] is not None and abs(r["lat"] - north[0]) < 1e-6, "the new fix")
     assert abs(values["lon"] - north[1]) < 1e-6 and values["fix"] == "3d"
     assert box.driver.stats["malformed"] + box.driver.stats["bad_checksum"] == damaged_before
@@ -322,7 +329,9 @@ def test_probe_port_finds_nmea(make_pty):
     with Receiver(pty):
         ok, message = probe_port(str(pty.path), 9600, 2.0)
     assert ok, message
-    assert "9600 baud" in message and "GGA" in message and "RMC" in message
+    # The probe stops after three checked sentences, so which kinds it names depends on where in an
+    # epoch it started reading: any of the epoch's position sentences will do.
+    assert "9600 baud" in message and ("GGA" in message or "RMC" in message)
 
 
 def test_probe_port_explains_what_is_wrong(make_pty, tmp_path):
@@ -342,3 +351,51 @@ def test_probe_port_says_when_the_agent_holds_the_port(gps):
     box.wait_event("gps_connected", feed=FIX)
     ok, message = probe_port(str(box.pty.path), 9600, 0.4)
     assert not ok and message == f"{box.pty.path} is busy: another program (the running agent?) has it open"
+
+
+# -- integrity through the driver ----------------------------------------------------------------------
+def test_a_spoofed_jump_raises_gnss_interference_never_container_moved(gps):
+    clock = Clock(kernel_synced=lambda: False)
+    box = gps(clock=clock, home_lat=HOME[0], home_lon=HOME[1], geofence_radius_m=200.0, geofence_dwell_s=0.0,
+              publish_interval_s=1.0).start()
+    box.wait_reading(lambda r: r["fix"] == "3d" and r["gnss_integrity"] == "ok", feed=FIX)
+    wait_until(lambda: box.send() or clock.source() == "gps", 10, "GPS time from trusted fixes")
+    spoofed = (HOME[0], HOME[1] + 0.58)  # 40 km east, in one second
+    box.wait_event("alarm_raised", feed={"lat": spoofed[0], "lon": spoofed[1]})
+    raised = next(e for e in box.events if e.kind == "alarm_raised")
+    assert raised.details["alarm"] == "gnss_interference" and raised.severity == "warning"
+    assert raised.details["reason"] == "position_jump"
+    suspect = box.wait_reading(lambda r: "gnss_interference" in r["alarms"] and r["lat"] is not None)
+    assert suspect["gnss_integrity"] == "suspect" and suspect["home_distance_m"] > 39_000
+    anchored = clock.now()
+    box.send(lat=spoofed[0], lon=spoofed[1], seconds=5)
+    box.wait_event("alarm_cleared", feed=FIX)  # the spoofer stopped: back at the trusted position
+    alarms = [e.details["alarm"] for e in box.events if e.kind in ("alarm_raised", "alarm_cleared")]
+    assert alarms == ["gnss_interference", "gnss_interference"], "never container_moved"
+    assert box.wait_reading(lambda r: r["alarms"] == [])["gnss_integrity"] == "ok"
+    assert clock.now() >= anchored
+
+
+def test_a_single_rmc_dated_2079_never_moves_the_clock(gps):
+    clock = Clock(kernel_synced=lambda: False)
+    box = gps(clock=clock).start()
+    wait_until(lambda: box.send() or clock.source() == "gps", 10, "clock source gps")
+    box.send(seconds=3)
+    moment = datetime.fromtimestamp(box.next_epoch_s(), tz=UTC)
+    box.pty.write(sentence(f"GPRMC,{moment:%H%M%S}.00,A,5205.44,N,00507.28,E,0.0,0.0,{moment:%d%m}79,,,A"))
+    wait_until(lambda: (box.driver.fix.time or "").startswith("2079"), 10, "the forged RMC decoded")
+    assert abs(clock.now() - box.epoch_s) < 5.0, "ts must not move to 2079"
+    box.send(seconds=2)
+    assert abs(clock.now() - box.epoch_s) < 5.0
+
+
+def test_gps_time_counts_only_after_several_epochs_agree_with_the_monotonic_clock(gps):
+    clock = Clock(kernel_synced=lambda: False)
+    box = gps(clock=clock).start()
+    box.wait_event("gps_connected", feed=NO_FIX)
+    box.send()
+    box.send()  # the first dated fix (an epoch is reported when the next one starts)
+    wait_until(lambda: box.driver.fix.has_position and box.driver.fix.time, 10, "a dated fix")
+    assert clock.source() == "unsynced", "one fix is not yet a time to stamp messages with"
+    wait_until(lambda: box.send() or clock.source() == "gps", 10, "clock source gps")
+    assert box.driver.verdict.trusted

@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
 
 from agent import config as config_module
+from agent.bus import Bus, Reading
+from agent.clock import Clock
 from agent.errors import ConfigError
-from drivers.gps.driver import Geofence, HomeLearner
+from drivers.base import DriverContext
+from drivers.gps import sim
+from drivers.gps.driver import Geofence, GpsConfig, GpsDriver, HomeLearner
 from drivers.gps.sim import HOME
-from tests.support import boxtel, toml_dumps
+from tests.support import boxtel, toml_dumps, wait_until
 
 CAPTURES = Path(__file__).parent / "data" / "nmea"
 
@@ -131,6 +137,33 @@ def test_decode_of_a_file_without_nmea_exits_65(tmp_path):
     assert result.stderr.strip() == f"boxtel: {junk}: no NMEA sentences (1 with bad checksums)"
 
 
+def test_decode_of_endless_input_without_sentences_stops_with_exit_65(tmp_path):
+    result = boxtel("gps", "decode", "/dev/zero", timeout=30)
+    assert result.returncode == 65 and result.stdout == ""
+    assert result.stderr.strip() == "boxtel: /dev/zero: no NMEA sentence in 1 MiB of input (not a receiver capture?)"
+    # a FIFO whose writer never stops sending noise (a receiver at the wrong baud rate, tee'd)
+    fifo = tmp_path / "receiver.fifo"
+    os.mkfifo(fifo)
+    stop = threading.Event()
+
+    def noise() -> None:
+        with open(fifo, "wb") as writer:
+            while not stop.is_set():
+                try:
+                    writer.write(bytes(range(128, 256)) * 64 + b"\r\n")
+                except BrokenPipeError:
+                    return
+
+    writer = threading.Thread(target=noise, daemon=True)
+    writer.start()
+    try:
+        result = boxtel("gps", "decode", str(fifo), timeout=30)
+    finally:
+        stop.set()
+        writer.join(5)
+    assert result.returncode == 65 and "no NMEA sentence in 1 MiB of input" in result.stderr
+
+
 def test_decode_of_a_missing_file_exits_66(tmp_path):
     result = boxtel("gps", "decode", str(tmp_path / "nope.nmea"))
     assert result.returncode == 66
@@ -161,3 +194,39 @@ def test_simulated_receiver_gives_fixes_health_and_events(broker, make_config, s
                           timeout=20).json
     assert health["gps_baud"] == 9600 and health["errors_gps"] == 0
     assert agent.terminate() == 0
+
+
+def test_the_simulators_spoofing_spell_raises_and_clears_gnss_interference_never_container_moved(
+        tmp_path, monkeypatch):
+    # the loop from just after its spell without a fix, with a shorter spoof than the demo's 60 s
+    monkeypatch.setattr(sim, "SPOOF", (sim.NO_FIX_UNTIL_S + 5, sim.NO_FIX_UNTIL_S + 10))
+    config = GpsConfig(baud="auto", publish_interval_s=1.0, home_lat=HOME[0], home_lon=HOME[1],
+                       geofence_radius_m=200.0, geofence_dwell_s=0.0)
+    simulator = sim.GpsSimulator([config], tmp_path)
+    simulator.loop_offset_s = sim.NO_FIX_UNTIL_S
+    simulator.prepare()
+    bus = Bus()
+    ctx = DriverContext("gps", bus=bus, clock=Clock(lambda: False), state_dir=tmp_path, simulate=True)
+    driver = GpsDriver(config, ctx)
+    events, readings = [], []
+
+    def drain(kind: str) -> bool:
+        while (item := bus.get_nowait()) is not None:
+            (readings if isinstance(item, Reading) else events).append(item)
+        return any(e.kind == kind for e in events)
+
+    driver.start()
+    simulator.start()
+    try:
+        wait_until(lambda: drain("alarm_raised"), 30, "gnss_interference raised by the spoofing spell")
+        wait_until(lambda: drain("alarm_cleared"), 30, "gnss_interference cleared after it")
+    finally:
+        driver.stop()
+        simulator.stop()
+    alarms = [(e.kind, e.details["alarm"]) for e in events if e.kind.startswith("alarm_")]
+    assert alarms == [("alarm_raised", "gnss_interference"), ("alarm_cleared", "gnss_interference")]
+    raised = next(e for e in events if e.kind == "alarm_raised")
+    assert raised.severity == "warning" and raised.details["reason"] == "position_jump"
+    spoofed = [r.values for r in readings if r.values["home_distance_m"] and r.values["home_distance_m"] > 30_000]
+    assert spoofed and all(r["gnss_integrity"] == "suspect" for r in spoofed)
+    assert all("container_moved" not in r.values["alarms"] for r in readings)

@@ -131,7 +131,7 @@ def test_a_resumed_session_resends_only_the_state_that_changed_while_offline(
             sub.wait_for(f"{LOCKER}/armory-1", lambda p: p["door"] == "open")
             wait_until(lambda: agent.outbox.depth == 0, 10, "everything acknowledged")
             assert len(sub.on(f"{LOCKER}/armory-2")) == before["armory-2"]  # the broker kept it: not resent
-            assert agent.publisher.births_republished == 0  # the old connection's will came ahead of our birth
+            assert agent.publisher.statuses.births_republished == 0  # the old connection's will came ahead of our birth
             retained = subscribe(f"{LOCKER}/+")
             assert retained.wait_for(f"{LOCKER}/armory-2").json["door"] == "closed"
     finally:

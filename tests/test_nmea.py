@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.gps.nmea import EpochDecoder, LineReader, decode_capture, new_stats
+from drivers.gps.nmea import PLAUSIBLE, EpochDecoder, LineReader, decode_capture, new_stats
 from drivers.gps.sim import HOME, corrupt, epoch_sentences, sentence
 
 T0 = 1_764_150_000.0  # 2025-11-26T09:40:00Z
@@ -92,6 +92,28 @@ def test_empty_fields_of_a_receiver_without_anything_do_not_crash():
     fixes = decode("GPGGA,,,,,,0,,,,,,,,", "GPGSA,A,1,,,,,,,,,,,,,,,", "GPGSV,1,1,00", "GPRMC,,V,,,,,,,,,,N",
                    "GPVTG,,T,,M,,N,,K,N", "GPGLL,,,,,,V,N", "GPZDA,,,,,,")
     assert fixes and all(f.fix == "none" and f.time is None for f in fixes)
+
+
+def test_checksummed_but_absurd_values_are_nulled_and_counted():
+    stats = new_stats()
+    decoder = EpochDecoder(stats)
+    fixes = []
+    for body in ("GPGGA,094000.00,5205.44,N,00507.28,E,1,09,0.0,1e308,M,47.0,M,,",
+                 "GPGSA,A,3,02,05,07,09,13,15,18,20,25,,,,-1.0,0.0,1.3",
+                 "GPRMC,094000.00,A,5205.44,N,00507.28,E,99999999.0,400.0,261125,,,A",
+                 "GPGGA,094001.00,5205.44,N,00507.28,E,1,09,0.9,-1500.0,M,47.0,M,,",
+                 "GPRMC,094001.00,A,5205.44,N,00507.28,E,1.0,360.0,261125,,,A"):
+        fixes += decoder.feed(sentence(body).strip())
+    fixes += decoder.flush()
+    first, second = fixes[-2], fixes[-1]
+    assert first.fix == "3d" and abs(first.lat - 52.0906667) < 1e-6  # the position itself is fine
+    assert (first.alt_m, first.speed_mps, first.course_deg, first.hdop, first.pdop) == (None,) * 5
+    assert second.alt_m is None and second.course_deg == 360.0 and second.speed_mps == 0.514
+    assert stats["rejected"] >= 6  # per value withheld from a fix: alt 1e308, speed, course 400, hdop 0, pdop -1, alt -1500
+    # the bounds are inclusive and sane values pass untouched
+    ok = decode("GPGGA,094000.00,5205.44,N,00507.28,E,1,09,0.9,49999.0,M,47.0,M,,",
+                "GPRMC,094000.00,A,5205.44,N,00507.28,E,0.0,0.0,261125,,,A")
+    assert ok[-1].alt_m == 49999.0 and ok[-1].course_deg == 0.0 and ok[-1].speed_mps == 0.0
 
 
 def test_altitude_needs_a_3d_fix():
@@ -192,7 +214,7 @@ _FIELD = st.text(alphabet="0123456789.,-NSEWAVMTK", max_size=12)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(["GPGGA", "GNRMC", "GPGSA", "GLGSV", "GPVTG", "GPGLL", "GPZDA", "GNGNS", "PGRMZ"]),
+@given(st.sampled_from(["GPGGA", "GNRMC", "GPGSA", "GLGSV", "GPVTG", "GPGLL", "GPZDA", "GNGNS", "PGRMZ", "GPTXT"]),
        st.lists(_FIELD, max_size=22), st.integers(min_value=0, max_value=3))
 def test_well_framed_sentences_with_random_fields_never_crash_or_give_a_bogus_fix(kind, fields, repeat):
     body = ",".join([kind, *fields])
@@ -207,6 +229,9 @@ def test_well_framed_sentences_with_random_fields_never_crash_or_give_a_bogus_fi
         else:
             assert -90 <= fix.lat <= 90 and -180 <= fix.lon <= 180 and (fix.lat, fix.lon) != (0.0, 0.0)
             assert fix.alt_m is None or fix.fix == "3d"
+        for name, (low, high) in PLAUSIBLE.items():  # whatever the fields, the output is physical
+            assert getattr(fix, name) is None or low <= getattr(fix, name) <= high, name
+        assert all(1 <= snr <= 99 for snr in fix.snr)
 
 
 @settings(max_examples=200, deadline=None)

@@ -134,11 +134,26 @@ def _block_the_core(agent: Agent) -> None:
     agent._unblock_for_test = stuck.set
 
 
+def _end_the_control_thread(agent: Agent) -> None:
+    """Whatever kills the control thread (no request can any more: a bug in its selector loop)."""
+    from agent import control
+
+    server = agent.control
+
+    def broken_accept() -> None:
+        raise RuntimeError("a bug in the control thread")
+
+    server._accept = broken_accept
+    control.connect(server.path).close()
+    wait_until(lambda: not server._thread.is_alive(), what="the control thread to end")
+
+
 @pytest.mark.parametrize(
     "stop_part",
     [_stop_paho_thread, _stop_driver_thread("host"), _stop_driver_thread("gps"),
-     _stop_driver_thread("locker/armory-1"), _block_the_core],
-    ids=["paho-network-thread", "host-driver-thread", "gps-driver-thread", "locker-driver-thread", "core-loop"],
+     _stop_driver_thread("locker/armory-1"), _block_the_core, _end_the_control_thread],
+    ids=["paho-network-thread", "host-driver-thread", "gps-driver-thread", "locker-driver-thread", "core-loop",
+         "control-thread"],
 )
 def test_pings_stop_within_one_interval_when_a_part_stops(
     broker, make_config, notify_socket, monkeypatch, stop_part

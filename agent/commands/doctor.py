@@ -159,7 +159,10 @@ def check_agent(ctx: Context) -> list[Result]:
     from agent.errors import UnavailableError
 
     try:
-        ctx.agent = control.request(ctx.socket_path, "status", timeout_s=NETWORK_TIMEOUT_S)["status"]
+        ctx.agent = control.request(ctx.socket_path, "status", timeout_s=NETWORK_TIMEOUT_S,
+                                    state_dir=control.state_dir_path(ctx.config_path))["status"]
+    except control.AgentNotAnswering as err:
+        return [Result(FAIL, "agent", err.summary, err.REMEDY)]
     except control.AgentNotRunning:
         return [Result(WARN, "agent", f"not running (nothing answers on {ctx.socket_path})",
                        "systemctl start boxtel; `journalctl -u boxtel -e` shows why it stopped")]

@@ -14,6 +14,10 @@ from agent.errors import BoxtelError, DataError
 
 HELP = "GPS tools: decode a receiver capture"
 EX_NOINPUT = 66  # sysexits: an input file did not exist or was not readable
+READ_CHUNK = 1 << 16
+# A capture has a sentence every ~80 bytes; a binary stretch (u-blox UBX between NMEA) is far shorter.
+# Input this long without one is not NMEA: /dev/zero, a FIFO of noise, the wrong file. Stop, do not hang.
+MAX_BYTES_WITHOUT_SENTENCE = 1 << 20
 
 _COLUMNS = ("time", "fix", "lat", "lon", "alt_m", "sats", "speed_mps", "course_deg")
 _WIDTHS = (24, 4, 11, 12, 8, 4, 9, 10)
@@ -36,17 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from drivers.gps import nmea
 
+    stats = nmea.new_stats()
     try:
         with open(args.file, "rb") as handle:
-            data = handle.read()
+            chunks = iter(lambda: handle.read(READ_CHUNK), b"")
+            fixes = list(nmea.decode_stream(chunks, stats, max_gap_bytes=MAX_BYTES_WITHOUT_SENTENCE))
     except OSError as err:
         raise NoInputError(f"{args.file}: {err.strerror or err}") from None
-    stats = nmea.new_stats()
-    fixes = nmea.decode_capture(data, stats)
-    checked = stats[nmea.SENTENCES_OK] + stats[nmea.PROPRIETARY] + stats[nmea.UNSUPPORTED]
-    if not checked:
-        detail = f" ({stats[nmea.BAD_CHECKSUM]} with bad checksums)" if stats[nmea.BAD_CHECKSUM] else ""
-        raise DataError(f"{args.file}: no NMEA sentences{detail}")
+    except nmea.NoSentences:
+        raise DataError(f"{args.file}: no NMEA sentence in {MAX_BYTES_WITHOUT_SENTENCE // 2**20} MiB of input"
+                        f"{_bad_checksums(stats)} (not a receiver capture?)") from None
+    if not nmea.checked_count(stats):
+        raise DataError(f"{args.file}: no NMEA sentences{_bad_checksums(stats)}")
     # gpsd reports no time before the capture gave a date (RMC or ZDA): such epochs are counted, not shown
     undated = sum(1 for fix in fixes if fix.time is None)
     records = _distinct([fix.record() for fix in fixes if fix.time is not None])
@@ -62,6 +67,12 @@ def run(args: argparse.Namespace) -> int:
           f"{f'; {undated} epochs before the first date (RMC/ZDA) not shown' if undated else ''}"
           f"{f'; {rejected}' if rejected else ''}", file=sys.stderr)
     return 0
+
+
+def _bad_checksums(stats: dict[str, int]) -> str:
+    from drivers.gps import nmea
+
+    return f" ({stats[nmea.BAD_CHECKSUM]} with bad checksums)" if stats[nmea.BAD_CHECKSUM] else ""
 
 
 def _distinct(records: list[dict]) -> list[dict]:

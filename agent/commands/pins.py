@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     terminal = sys.stdout.isatty()
     try:
         while True:
-            rows = control.request(path, "pins")["pins"]
+            rows = control.request(path, "pins", state_dir=control.state_dir_path(args.config))["pins"]
             if not rows:
                 print("no GPIO inputs in the running agent (no [generator], [water] or [[locker]] configured)")
                 return 0

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from agent import control
 
-    snapshot = control.request(control.socket_path(args.config), "status")["status"]
+    snapshot = control.request(control.socket_path(args.config), "status",
+                               state_dir=control.state_dir_path(args.config))["status"]
     marks = assess(snapshot)
     if args.json:
         print(json.dumps({**snapshot, "checks": [asdict(m) for m in marks]}, indent=2, default=str))
@@ -84,9 +85,9 @@ def _mqtt(snap: dict[str, Any]) -> list[Mark]:
     else:
         why = snap.get("mqtt_last_error") or "no connection yet"
         marks = [Mark("mqtt", FAIL, f"not connected to {broker}: {why}")]
-    if snap.get("publish_errors"):
-        marks.append(Mark("mqtt", WARN, f"the broker refused {snap['publish_errors']} publishes "
-                          f"(ACL?): {snap.get('last_publish_error')}"))
+    if snap.get("refused_pending"):  # cleared once they are delivered (publish_errors only grows)
+        marks.append(Mark("mqtt", WARN, f"the broker refused {snap['refused_pending']} publishes, kept and "
+                          f"retried (ACL?): {snap.get('last_publish_error')}"))
     return marks
 
 

@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     terminal = sys.stdout.isatty()
     try:
-        for message in control.watch(control.socket_path(args.config)):
+        for message in control.watch(control.socket_path(args.config),
+                                     state_dir=control.state_dir_path(args.config)):
             width = shutil.get_terminal_size().columns if terminal else None
             print(format_line(message, colour=terminal, width=width), flush=True)
     except KeyboardInterrupt:

@@ -389,7 +389,8 @@ class SimBox:
     def _gps(self) -> dict[str, Any]:
         if self.no_fix:
             return {"lat": None, "lon": None, "alt_m": None, "speed_mps": None, "course_deg": None,
-                    "fix": "none", "sats": None, "sats_seen": 3, "hdop": None, "pdop": None, "home_distance_m": None}
+                    "fix": "none", "sats": None, "sats_seen": 3, "hdop": None, "pdop": None, "home_distance_m": None,
+                    "gnss_integrity": "ok"}
         jitter = 0.0 if self.moving else self.rng.uniform(-1e-5, 1e-5)
         return {
             "lat": round(self.position[0] + jitter, 6), "lon": round(self.position[1] + jitter, 6),
@@ -397,7 +398,7 @@ class SimBox:
             "speed_mps": 8.0 if self.moving else 0.0,
             "course_deg": round(self.course_deg, 1) if self.moving else None,
             "fix": "3d", "sats": 9, "sats_seen": 14, "hdop": 0.9, "pdop": 1.6,
-            "home_distance_m": round(self._home_distance_m(), 1),
+            "home_distance_m": round(self._home_distance_m(), 1), "gnss_integrity": "ok",
         }
 
     def _home_distance_m(self) -> float:

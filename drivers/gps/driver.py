@@ -22,6 +22,7 @@ from agent.schema import SettingError, setting
 from agent.throttle import StreamSettings
 from drivers.base import Driver
 from drivers.gps import nmea
+from drivers.gps.integrity import IntegrityMonitor, IntegrityVerdict
 from drivers.gps.serial_source import AUTO, BAUDS, SerialSource, first_line
 from drivers.gps.source import Source
 
@@ -30,6 +31,7 @@ log = logging.getLogger("boxtel.gps")
 RECONNECT_MIN_S = 1.0
 CONNECTED, DISCONNECTED, STALE = "connected", "disconnected", "stale"
 MOVED = "container_moved"
+INTERFERENCE = "gnss_interference"
 STATE_HOME = "home"
 
 
@@ -99,6 +101,8 @@ class GpsDriver(Driver):
         self.geofence = Geofence(config.geofence_radius_m, config.geofence_hysteresis_m, config.geofence_dwell_s)
         self.home_learner = HomeLearner(config.home_learn_s, max(config.geofence_hysteresis_m, 10.0))
         self.home_source = "none"
+        self.integrity = IntegrityMonitor()
+        self.verdict = IntegrityVerdict()  # of the latest fix: `verdict.trusted` says whether its time may be used
 
     def _make_source(self) -> Source:
         return SerialSource(self.config.port, self.config.baud, self.config.stale_after_s, self.stats)
@@ -174,16 +178,21 @@ class GpsDriver(Driver):
 
     def _on_fix(self, fix: nmea.Fix, now: float) -> None:
         had_position = self.fix.has_position
+        verdict = self.integrity.judge(fix)
         with self._lock:
             self.fix = fix
-        if fix.has_position and fix.epoch_s is not None and fix.mono is not None:
+            self.verdict = verdict
+        # GPS time only from a fix whose time has agreed with the monotonic clock for several epochs
+        # and that is not suspect: one forged RMC must not re-stamp every message.
+        if fix.has_position and verdict.trusted and fix.epoch_s is not None and fix.mono is not None:
             self.ctx.clock.gps_time(fix.epoch_s, fix.mono)
         if fix.has_position and not had_position:
             self.ctx.event("fix_acquired", fix=fix.fix, lat=_round(fix.lat, 7), lon=_round(fix.lon, 7),
                            sats=fix.sats, mono=now)
         elif had_position and not fix.has_position:
             self.ctx.event("fix_lost", "warning", mono=now)
-        if fix.has_position:
+        self._check_interference(now)
+        if fix.has_position and verdict.position_trusted:  # a spoofed position moves no geofence
             self._check_geofence(fix, now)
         values = self.values()
         published = self._published
@@ -201,6 +210,7 @@ class GpsDriver(Driver):
             return
         # Stale or gone: whatever fix there was is over, and the retained state must say so.
         self.home_learner.reset()
+        self.integrity.lost()
         if self.fix.has_position:
             self.ctx.event("fix_lost", "warning", reason=reason)
         with self._lock:
@@ -215,7 +225,7 @@ class GpsDriver(Driver):
     # -- publishing --------------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:
         with self._lock:
-            fix = self.fix
+            fix, verdict = self.fix, self.verdict
         home = self.geofence.home
         distance = None
         if home is not None and fix.has_position:
@@ -232,6 +242,7 @@ class GpsDriver(Driver):
             "hdop": fix.hdop,
             "pdop": fix.pdop,
             "home_distance_m": distance,
+            "gnss_integrity": verdict.integrity,
         }
 
     def _moved(self, values: dict[str, Any]) -> bool:
@@ -248,6 +259,17 @@ class GpsDriver(Driver):
         self._published = values
         self._next_publish = now + self.config.publish_interval_s
         self.ctx.reading(values, mono=now)
+
+    # -- integrity ---------------------------------------------------------------------------------
+    def _check_interference(self, now: float) -> None:
+        verdict = self.verdict
+        if self.integrity.alarmed == (INTERFERENCE in self.ctx.active_alarms()):
+            return  # the usual epoch: nothing changes
+        if self.integrity.alarmed:
+            self.ctx.raise_alarm(INTERFERENCE, "warning", mono=now, state=self.values(), reason=verdict.reason,
+                                 reasons=list(verdict.reasons))
+        else:
+            self.ctx.clear_alarm(INTERFERENCE, mono=now, state=self.values())
 
     # -- geofence ----------------------------------------------------------------------------------
     def _load_home(self) -> None:

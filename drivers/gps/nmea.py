@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -48,6 +49,9 @@ _CYCLE_CONTINUE = frozenset({"GLL"})  # gpsd: GLL may follow the cycle's last ti
 _NO_MODE, _MODE_NONE, _MODE_2D, _MODE_3D = 0, 1, 2, 3  # gpsd's MODE_NOT_SEEN, NO_FIX, 2D, 3D
 _FIX_NAMES = {_NO_MODE: FIX_NONE, _MODE_NONE: FIX_NONE, _MODE_2D: FIX_2D, _MODE_3D: FIX_3D}
 
+# Fix.alert: what a receiver says about its own integrity, where NMEA carries it
+JAMMING, SPOOFING, UNSAFE = "jamming", "spoofing", "unsafe"
+
 # stats keys: why a line did not count
 SENTENCES_OK = "sentences_ok"
 BAD_CHECKSUM = "bad_checksum"
@@ -56,7 +60,17 @@ PROPRIETARY = "proprietary"  # $P... vendor sentences: valid, not used
 UNSUPPORTED = "unsupported"  # other talkers (AIS, depth sounders, wind) and sentence types we do not use
 NOISE_BYTES = "noise_bytes"  # bytes outside any sentence: binary protocols, a wrong baud rate
 OVERLONG = "overlong"
-STAT_KINDS = (SENTENCES_OK, BAD_CHECKSUM, MALFORMED, PROPRIETARY, UNSUPPORTED, NOISE_BYTES, OVERLONG)
+REJECTED = "rejected"  # a checksummed value no receiver on Earth can mean (see PLAUSIBLE): published as null
+STAT_KINDS = (SENTENCES_OK, BAD_CHECKSUM, MALFORMED, PROPRIETARY, UNSUPPORTED, NOISE_BYTES, OVERLONG, REJECTED)
+# The physical bounds of a fix's values (inclusive). A checksum only proves the line arrived as sent: a
+# buggy or hostile talker can still send altitude 1e308. Checked once, on the decoder's output.
+PLAUSIBLE = {
+    "alt_m": (-1_000.0, 50_000.0),  # Dead Sea shore to well above any balloon a receiver reports from
+    "speed_mps": (0.0, 1_000.0),  # COCOM limits receivers to 515 m/s; a container on a truck to ~40
+    "course_deg": (0.0, 360.0),
+    "hdop": (0.01, 99.99),  # dilution is at least 1 in theory; 0 or less is a receiver bug
+    "pdop": (0.01, 99.99),
+}
 
 
 @dataclass
@@ -76,6 +90,8 @@ class Fix:
     hdop: float | None = None
     pdop: float | None = None
     mono: float | None = None  # time.monotonic() when the epoch's first sentence arrived (live only)
+    snr: tuple[int, ...] = ()  # signal strengths (dB-Hz) of the satellites in view that have one (GSV)
+    alert: str | None = None  # the receiver's own warning: JAMMING, SPOOFING (TXT) or UNSAFE (nav status U)
 
     @property
     def has_position(self) -> bool:
@@ -202,6 +218,9 @@ class _Session:
     sats_used: list[int] = field(default_factory=list)
     sats_seen: int | None = None
     gsv_count: int = 0
+    gsv_snr: list[int] = field(default_factory=list)  # the GSV cycle in progress
+    snr: tuple[int, ...] = ()  # the last complete GSV cycle
+    alert: str | None = None  # said during the epoch in progress
     hdop: float | None = None
     pdop: float | None = None
     last_gga_talker: str = ""
@@ -288,7 +307,19 @@ class EpochDecoder:
             if (at_ender and self._end_reliable) or update.report:
                 finished.append(self._pending)  # the usual case: out as soon as the epoch is complete
                 self._pending = None
-        return finished
+        return self._bounded(finished)
+
+    def _bounded(self, fixes: list[Fix]) -> list[Fix]:
+        """The one place values are checked against PLAUSIBLE: out of bounds becomes None, and counted."""
+        if fixes and any(fix.alert for fix in fixes):
+            self._session.alert = None  # told once: a TXT warning is news for the fix it came with
+        for fix in fixes:
+            for name, (low, high) in PLAUSIBLE.items():
+                value = getattr(fix, name)
+                if value is not None and not low <= value <= high:
+                    setattr(fix, name, None)
+                    self.stats[REJECTED] += 1
+        return fixes
 
     def _track_cycle(self, kind: str, previous_frac: float | None, update: _Update) -> tuple[bool, bool]:
         """gpsd's end-of-cycle detector: (did the time of day change, is this sentence the cycle's end)."""
@@ -321,7 +352,7 @@ class EpochDecoder:
 
     def flush(self) -> list[Fix]:
         """End of input: the epoch in progress is finished."""
-        return self._end_epoch()
+        return self._bounded(self._end_epoch())
 
     def _end_epoch(self) -> list[Fix]:
         """The time changed: hand out the epoch's last report (or the epoch, if it never had one)."""
@@ -354,6 +385,8 @@ class EpochDecoder:
             return None
         talker = getattr(message, "talker", "")
         kind = getattr(message, "sentence_type", "")
+        if kind == "TXT" and talker in GNSS_TALKERS:
+            self._txt(message.data)
         if talker not in GNSS_TALKERS or kind not in _HANDLERS:
             self.stats[UNSUPPORTED] += 1
             return None
@@ -393,6 +426,8 @@ class EpochDecoder:
             hdop=session.hdop,
             pdop=session.pdop,
             mono=epoch.mono,
+            snr=session.snr,
+            alert=session.alert,
         )
         if epoch.time is not None:
             fix.time, fix.epoch_s = _utc(*epoch.time)
@@ -486,6 +521,8 @@ class EpochDecoder:
         s = self._session
         update = _Update()
         status = f[1][:1]
+        if len(f) > 12 and f[12][:1] == "U":  # NMEA 4.1 navigational status: unsafe
+            s.alert = UNSAFE
         if status not in ("A", "D"):
             update.mode = _MODE_NONE
             if not f[0] or len(f) < 9 or not f[8]:
@@ -538,11 +575,14 @@ class EpochDecoder:
         if f[0] and self._merge_hhmmss(f[0]):
             self._register_time(f[0])
             update.time_set = s.date is not None
-        mode_indicator = f[5][:1]
-        if mode_indicator in ("", "N"):
+        # One mode character per constellation (NMEA 4.x: GPS, GLONASS, Galileo, BeiDou, QZSS, NavIC):
+        # "NA" is no GPS fix but a GLONASS one. No fix only when every constellation says N.
+        if not f[5].strip("N "):
             update.mode = _MODE_NONE
             return update
         if len(f) > 12 and f[12][:1] in ("U", "V"):
+            if f[12][:1] == "U":
+                s.alert = UNSAFE
             return update
         position = _lat_lon(f[1:5])
         if position is None:
@@ -599,10 +639,14 @@ class EpochDecoder:
             return None
         if part == 1 and not s.last_gsv_talker:
             s.gsv_count = 0
+            s.gsv_snr = []
         s.last_gsv_talker = talker
         s.gsv_count += sum(1 for prn in f[3::4] if prn.isdigit() and prn.strip("0"))
+        # (00 or empty: not tracked, e.g. almanac entries at a cold start; not a signal strength)
+        s.gsv_snr += [int(snr) for snr in f[6::4] if snr.isdigit() and len(snr) <= 2 and snr != "00"]
         if part >= total:
             s.sats_seen = s.gsv_count
+            s.snr = tuple(s.gsv_snr)
         else:
             s.gsv_more = True
         return None
@@ -629,6 +673,14 @@ class EpochDecoder:
             update.mode = int(f[2])
         return update
 
+    def _txt(self, f: list[str]) -> None:
+        """Free text; some receivers (u-blox M8+, Quectel) say there when they see jamming or spoofing."""
+        text = f[-1].upper() if f else ""
+        if "SPOOF" in text:
+            self._session.alert = SPOOFING
+        elif "JAM" in text:
+            self._session.alert = JAMMING
+
     def _zda(self, talker: str, f: list[str]) -> _Update | None:
         if len(f) < 4 or not all(f[:4]):
             return None
@@ -647,13 +699,41 @@ def decode_capture(data: bytes, stats: dict[str, int] | None = None) -> list[Fix
 
     A capture whose header states when it was recorded (gpsd's `# Date: yyyy-mm-dd`) is decoded with
     the dates its receiver sent, as gpsd's regression tests do; others get the week-rollover check."""
+    return list(decode_stream([data], stats))
+
+
+class NoSentences(ValueError):
+    """`max_gap_bytes` of input in a row without one checksummed sentence (/dev/zero, a binary log)."""
+
+
+def decode_stream(chunks: Iterable[bytes], stats: dict[str, int] | None = None, *,
+                  max_gap_bytes: int | None = None) -> Iterator[Fix]:
+    """`decode_capture` for input that arrives in pieces and may never end: the epochs as they finish.
+
+    With `max_gap_bytes`, raises NoSentences once that much input passed without a checksummed sentence
+    (used or not), so something endless that is not NMEA stops instead of being read forever."""
     stats = stats if stats is not None else new_stats()
     reader = LineReader(stats)
-    decoder = EpochDecoder(stats, rollover_before=None if _RECORDED_ON.search(data) else ROLLOVER_BEFORE)
-    fixes: list[Fix] = []
-    for line in [*reader.feed(data), *reader.flush()]:
-        fixes += decoder.feed(line)
-    return fixes + decoder.flush()
+    decoder: EpochDecoder | None = None
+    gap = 0
+    for data in chunks:
+        if decoder is None:  # the header is at the top: the first piece decides
+            decoder = EpochDecoder(stats, rollover_before=None if _RECORDED_ON.search(data) else ROLLOVER_BEFORE)
+        before = checked_count(stats)
+        for line in reader.feed(data):
+            yield from decoder.feed(line)
+        gap = 0 if checked_count(stats) > before else gap + len(data)
+        if max_gap_bytes is not None and gap >= max_gap_bytes:
+            raise NoSentences(f"{gap} bytes without an NMEA sentence")
+    decoder = decoder or EpochDecoder(stats)
+    for line in reader.flush():
+        yield from decoder.feed(line)
+    yield from decoder.flush()
+
+
+def checked_count(stats: dict[str, int]) -> int:
+    """Sentences with a good checksum, used or not: proof the input is NMEA at the right baud rate."""
+    return stats[SENTENCES_OK] + stats[PROPRIETARY] + stats[UNSUPPORTED]
 
 
 def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

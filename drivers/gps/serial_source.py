@@ -95,9 +95,9 @@ class SerialSource:
             # receiver hands over whole sentences: nothing to wait for.
             self._cancelled.wait(GATHER_S)
             data += port.read(port.in_waiting)
-        before = valid_count(self.stats)
+        before = nmea.checked_count(self.stats)
         fixes = [fix for line in self._reader.feed(data) for fix in self._decoder.feed(line, now)]
-        heard = valid_count(self.stats) > before
+        heard = nmea.checked_count(self.stats) > before
         if heard and self._searching:
             self._searching = False
             port.timeout = self._read_timeout_s(searching=False)
@@ -139,16 +139,16 @@ def probe_port(port: str, baud: int | str, timeout_s: float) -> tuple[bool, str]
                 received += len(data)
                 for line in reader.feed(data):
                     fixes += decoder.feed(line)
-                if valid_count(stats) >= 3:
+                if nmea.checked_count(stats) >= 3:
                     break
-            if valid_count(stats):
+            if nmea.checked_count(stats):
                 fixes += decoder.flush()
                 kinds = " ".join(sorted(decoder.kinds_seen)) or "proprietary only"
                 fix = fixes[-1].fix if fixes else nmea.FIX_NONE
                 sats = fixes[-1].sats if fixes else None
                 extra = f", {sats} satellites used" if sats is not None else ""
                 bad = stats[nmea.BAD_CHECKSUM]
-                return True, (f"{port}: NMEA at {rate} baud ({valid_count(stats)} sentences: {kinds}; "
+                return True, (f"{port}: NMEA at {rate} baud ({nmea.checked_count(stats)} sentences: {kinds}; "
                               f"fix {fix}{extra}{f'; {bad} bad checksums' if bad else ''})")
             noise += received
     except (serial.SerialException, OSError) as err:
@@ -159,11 +159,6 @@ def probe_port(port: str, baud: int | str, timeout_s: float) -> tuple[bool, str]
     if noise:
         return False, f"{port}: {noise} bytes but no valid NMEA at {tried} (wrong baud rate, or a binary protocol?)"
     return False, f"{port}: no data at {tried} (receiver off, unpowered, or another port?)"
-
-
-def valid_count(stats: dict[str, int]) -> int:
-    """Sentences with a good checksum, used or not: proof the baud rate is right."""
-    return stats[nmea.SENTENCES_OK] + stats[nmea.PROPRIETARY] + stats[nmea.UNSUPPORTED]
 
 
 def _next_baud(current: int) -> int:
