@@ -74,13 +74,12 @@ class LinkBudget:
         self.observed_s += elapsed_s
         if mono - self._saved_mono >= _SAVE_EVERY_S:
             self.save()
-        return self._judge(epoch_s) if self.budget_mb > 0 else None
-
-    def _judge(self, epoch_s: float) -> int | None:
-        budget_b = self.budget_mb * 1e6
-        left_s = _month_left_s(epoch_s)
         if self.observed_s >= _MIN_OBSERVED_S:
-            self.projected_mb = (self.month_b + self.month_b / self.observed_s * left_s) / 1e6
+            self.projected_mb = (self.month_b + self.month_b / self.observed_s * _month_left_s(epoch_s)) / 1e6
+        return self._judge() if self.budget_mb > 0 else None
+
+    def _judge(self) -> int | None:
+        budget_b = self.budget_mb * 1e6
         ratio = self.projected_mb * 1e6 / budget_b if self.projected_mb is not None else 0.0
         if self.month_b >= budget_b:
             wanted = STEPS

@@ -169,3 +169,48 @@ def test_an_event_on_a_half_open_link_does_not_wait_for_keepalive(make_config, b
             sub.wait_for("boxtel/test-001/events", lambda p: p["kind"] == "door_opened", timeout=20)
     finally:
         proxy.close()
+
+
+def _paced_b(ratio: float, hours: float) -> int:
+    """Bytes used `hours` into a 31-day month that project to `ratio` times a 10 MB budget."""
+    left_s = 31 * 86400 - 3600.0 * hours
+    return int(ratio * 10e6 / (1 + left_s / (3600.0 * hours))) + 1
+
+
+def test_budget_steps_follow_the_projection_and_are_given_back_only_well_below_the_mark(tmp_path):
+    from datetime import UTC, datetime
+
+    from agent.linkbudget import LinkBudget
+
+    start = datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    budget = LinkBudget(10.0, tmp_path / "link.json")
+
+    def at(hours: float, ratio: float) -> int | None:
+        return budget.update((_paced_b(ratio, hours), 0), 3600.0 * hours, start + 3600.0 * hours, synced=True)
+
+    assert budget.update((0, 0), 0.0, start, synced=True) is None  # nothing seen yet: no projection
+    assert at(0.5, 0.5) is None and budget.projected_mb is None  # half an hour is too little to project from
+    assert at(1, 1.1) == 1 and budget.fields()["link_budget"] == "saving" and budget.projected_mb > 10.0
+    assert at(2, 1.3) == 2
+    assert at(3, 1.6) == 3
+    assert at(4, 1.4) is None  # below the mark, but not 10 % below it: the step stays
+    assert at(5, 1.3) == 2  # 1.25 < 1.3 < 0.9 x 1.5
+    assert at(6, 1.1) == 1
+    assert at(12, 0.95) is None and budget.step == 1  # below 1, not below 0.9: still saving
+    assert at(24, 0.85) == 0 and budget.fields()["link_budget"] == "ok"
+    used = budget.month_b
+    # The month's figures survive a restart; a clock that is not synchronised never starts a new month
+    budget.save()
+    again = LinkBudget(10.0, tmp_path / "link.json")
+    assert again.month_b == used and again.month == "2026-12"
+    again.update((1000, 0), 1.0, datetime(1970, 1, 1, tzinfo=UTC).timestamp(), synced=False)
+    assert again.month == "2026-12" and again.month_b == used + 1000
+    again.update((2000, 0), 2.0, datetime(2027, 1, 1, 0, 5, tzinfo=UTC).timestamp(), synced=True)
+    assert again.month == "2027-01" and again.month_b == 1000 and again.day_sent_b == 1000
+
+
+def test_a_budget_already_spent_takes_every_step_at_once(tmp_path):
+    from agent.linkbudget import STEPS, LinkBudget
+
+    budget = LinkBudget(0.001, tmp_path / "link.json")
+    assert budget.update((600, 600), 1.0, 1.8e9, synced=True) == STEPS  # 1200 bytes of a 1000-byte month
