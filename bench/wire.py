@@ -46,6 +46,7 @@ SEGMENT_HEADERS_B = 52  # IPv4 20 + TCP 20 + timestamps option 12
 def main() -> int:
     seconds = env_seconds("BENCH_WIRE_S", 600.0)
     discovery = os.environ.get("BENCH_WIRE_HA", "") not in ("", "0")  # Home Assistant discovery on
+    budget_mb = float(os.environ.get("BENCH_WIRE_BUDGET_MB", "0"))  # [link] budget_mb_month
     folder = scratch("wire")
     certs = _make_certs(folder / "certs")
     plain_port = free_port()
@@ -58,9 +59,13 @@ def main() -> int:
             if discovery:
                 config = deep_merge(config, {"homeassistant": {"enabled": True}})
                 name += "+HA"
+            if budget_mb:
+                config = deep_merge(config, {"link": {"budget_mb_month": budget_mb}})
+                name += f" budget {budget_mb:g} MB"
             figures = _measure(name, config, broker.port, plain_port, certs, seconds, folder)
             ok &= _report(name, figures, judged=name.startswith("parked"))
-    print(f"(logs: {folder}; BENCH_WIRE_HA=1 turns Home Assistant discovery on)")
+    print(f"(logs: {folder}; BENCH_WIRE_HA=1 turns Home Assistant discovery on; "
+          f"BENCH_WIRE_BUDGET_MB=0.001 a budget spent at once: every saving step)")
     return 0 if ok else 1
 
 
