@@ -485,7 +485,9 @@ class Publisher:
             self.reconnects += 1
         log.info("connected to %s:%d (session %d)", self.settings.host, self.settings.effective_port, session)
         if not resumed:  # a resumed session still holds the subscription
-            client.subscribe(self.status_topic, qos=1)
+            # QoS 0: a check while connected, not a record. It spares a PUBACK for our birth's echo on
+            # every connect, and the broker keeps no copy of the dead connection's will for us.
+            client.subscribe(self.status_topic, qos=0)
         self._notify(Connected(session, resumed))
 
     def _on_disconnect(self, session: int, client, userdata, flags, reason_code, properties) -> None:

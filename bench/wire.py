@@ -59,6 +59,8 @@ def main() -> int:
     with Broker(folder / "broker", tls=tls, extra=[f"listener {plain_port} 127.0.0.1"]) as broker:
         for name, config in (("parked", _parked_config(folder, broker.port)),
                              ("busy", _busy_config(folder, broker.port))):
+            if name not in os.environ.get("BENCH_WIRE_ONLY", name):
+                continue
             if discovery:
                 config = deep_merge(config, {"homeassistant": {"enabled": True}})
                 name += "+HA"
