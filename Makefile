@@ -5,12 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test bench lint venv mosquitto clean install uninstall
+.PHONY: demo test bench lint venv mosquitto daemons clean install uninstall
 
-demo: venv mosquitto  ## broker + agent on simulated hardware, live telemetry until Ctrl-C
-	$(BIN)/python -m agent.demo
+demo: venv mosquitto  ## broker + agent on simulated hardware, live view until Ctrl-C (RAW=1: raw MQTT; DEMO=config/simulate-modbus.toml: the generator over Modbus)
+	$(BIN)/python -m agent.demo $(DEMO) $(if $(RAW),--raw)
 
-test: venv mosquitto  ## the whole suite against real mosquitto brokers
+test: venv mosquitto daemons  ## the whole suite against real mosquitto brokers (and real gpsd and chrony)
 	$(BIN)/python -m pytest
 
 bench: venv mosquitto  ## benchmarks with figures against baselines measured in the same run
@@ -36,6 +36,23 @@ mosquitto:  ## the broker for the demo and the tests (and openssl, which the TLS
 		echo "installing mosquitto"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq mosquitto mosquitto-clients openssl >/dev/null; }
+
+# The GPS tests run the real Debian gpsd and chrony, each privately in a temp dir (chrony only with -x:
+# a test never moves the clock). Installing must not start their services either: a policy-rc.d that
+# refuses every start stands for the duration of the install (and goes again only if we put it there).
+# chrony replaces systemd-timesyncd, which is fine: it is the NTP client Raspberry Pi OS boxes run anyway.
+POLICY_RC := /usr/sbin/policy-rc.d
+daemons:  ## gpsd and chrony for their tests, installed without starting their services
+	@{ command -v gpsd >/dev/null 2>&1 || test -x /usr/sbin/gpsd; } && command -v chronyc >/dev/null || { \
+		echo "installing gpsd and chrony (services not started)"; \
+		created=; \
+		if [ ! -e $(POLICY_RC) ]; then \
+			printf '#!/bin/sh\n# boxtel make daemons: no service starts while installing\nexit 101\n' \
+				| $(SUDO) tee $(POLICY_RC) >/dev/null && $(SUDO) chmod 755 $(POLICY_RC) && created=1; \
+		fi; \
+		trap '[ -z "$$created" ] || $(SUDO) rm -f $(POLICY_RC)' EXIT INT TERM; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends gpsd chrony >/dev/null; }
 
 PREFIX ?= /opt/boxtel
 INSTALL_ENV = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" PYTHON="$(PYTHON)"

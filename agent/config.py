@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import ConfigError
-from agent.homeassistant import HomeAssistantSettings
 from agent.schema import SettingError, build, setting
 from agent.secretfile import check_secret_file, read_secret
 from agent.serviceuser import Account
@@ -97,6 +96,20 @@ class OutboxSettings:
     flush_interval_s: float = setting(1.0, min=0.05, max=60.0, doc="readings are committed in groups this often")
     history_interval_s: float = setting(60.0, min=0.0, max=86400.0, doc="offline: keep one reading per stream this often")
     replay_rate: float = setting(0.0, min=0.0, max=100000.0, doc="history replay, messages per second; 0 = unlimited")
+
+
+@dataclass(kw_only=True)
+class HomeAssistantSettings:
+    enabled: bool = setting(False, doc="announce every sensor to Home Assistant (MQTT discovery)")
+    discovery_prefix: str = setting("homeassistant", doc="Home Assistant's discovery topic prefix")
+    # HA's own setting, apart from the discovery prefix: its birth, after which the box announces again
+    birth_topic: str = setting("homeassistant/status", doc="where Home Assistant says it is online (its birth)")
+
+    def validate(self) -> None:
+        for key in ("discovery_prefix", "birth_topic"):
+            topic = getattr(self, key)
+            if not topic or any(c in topic for c in "+#") or topic.strip("/") != topic:
+                raise SettingError(key, "must be a topic without wildcards or leading/trailing '/'")
 
 
 @dataclass(kw_only=True)
@@ -194,6 +207,12 @@ def load(path: str | Path, *, simulate: bool | None = None, secret_owner: Accoun
         raise ConfigError(f"invalid TOML: {err}", file=file) from None
     base_dir = Path(path).resolve().parent
 
+    # A driver registered as "section.key" owns that key of a core section: `[box] tamper = {...}`.
+    for name in REGISTRY:
+        parent, _, key = name.partition(".")
+        if key and isinstance(raw.get(parent), dict) and key in raw[parent]:
+            raw[name] = raw[parent][key]
+            raw[parent] = {k: v for k, v in raw[parent].items() if k != key}
     known = {"simulate", *CORE_SECTIONS, *REGISTRY}
     for key in raw:
         if key not in known:
@@ -236,6 +255,7 @@ def load(path: str | Path, *, simulate: bool | None = None, secret_owner: Accoun
         **sections,
     )
     _check_unique_instances(config)
+    _check_homeassistant(config)
     _check_claims(config)
     _check_files(config, secret_owner)
     return config
@@ -250,6 +270,18 @@ def _check_unique_instances(config: Config) -> None:
         if name in seen:
             raise ConfigError(f"{name!r} is configured twice (also at {seen[name]})", file=config.file, key=entry.key)
         seen[name] = entry.key
+
+
+_HA_NODE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _check_homeassistant(config: Config) -> None:
+    """HA's node ids allow fewer characters than box ids. Cleaning would map `pib.017` and `pib_017` to one
+    device (and the broker's ACL matches discovery topics to the username): refuse it instead."""
+    if config.homeassistant.enabled and not _HA_NODE_ID.match(config.box.id):
+        raise ConfigError(
+            f'"{config.box.id}" cannot name a Home Assistant device: with [homeassistant] enabled a box id '
+            'holds only letters, digits, "-" and "_"', file=config.file, key="box.id")
 
 
 SHARED = "shared:"  # a claim prefix: users of a bus (SPI) may share it, but no one may take it alone

@@ -36,7 +36,7 @@ from agent import __version__, statefile, untrusted
 from agent.clock import Clock
 from agent.config import Config, MqttSettings
 from agent.errors import ConfigError
-from agent.homeassistant import discovery_messages
+from agent.homeassistant import Announcer
 from agent.linkmeter import LinkMeter
 from agent.tlssession import client_context
 from agent.tlswords import describe, pem_problem
@@ -51,6 +51,7 @@ _OFFLINE_ACK_WAIT_S = 2.0  # on stop: how long to wait for the broker to take ou
 # ("session present") knows the broker kept its state, retained topics included, and resends only what
 # changed; after a longer outage, or a broker that lost it, everything goes out again.
 SESSION_EXPIRY_S = 7 * 86400
+_SAVE_ANNOUNCED = "save announced"  # a work item: write down what was announced, off paho's thread
 _STATUS_MAX_BYTES = 1024  # a status is ~200 bytes; anything bigger on our status topic is not one
 _BIRTH_REPUBLISH_S = 5.0  # at most one birth republished per this, however many statuses displace it
 _STATUS_WARN_S = 60.0  # one warning per minute about them; the rest are counted
@@ -238,10 +239,10 @@ class Publisher:
         self._tls = tls_context(self.settings, file=config.file) if self.settings.tls else None
         self._session_file = config.state_dir / "session.json"
         self._boot_id = read_boot_id()
-        self._discovery = discovery_messages(config, __version__) if config.homeassistant.enabled else []
-        self._discovery_mids: set[int] = set()
-        self._backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         self._work: queue.SimpleQueue = queue.SimpleQueue()  # wake-ups for the supervisor
+        # Discovery configs and state topics announced, retained: sent when they changed, taken back when gone.
+        self.announcer = Announcer(config, __version__, request_save=lambda: self._work.put(_SAVE_ANNOUNCED))
+        self._backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
@@ -285,6 +286,7 @@ class Publisher:
         self._work.put("stop")
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
+        self.announcer.save()  # acknowledgements that came in after the last save
 
     # -- called by the core ------------------------------------------------------------------------
     def publish(self, topic: str, payload: str, *, retain: bool) -> tuple[int, int] | None:
@@ -390,6 +392,8 @@ class Publisher:
                 break
             if item is None or isinstance(item, StatusSeen):  # None: a republish or warning is due
                 self._check_status(client, item)
+            elif item == _SAVE_ANNOUNCED:
+                self.announcer.save()
         client.loop_stop()
 
     def _check_status(self, client: mqtt.Client, status: StatusSeen | None) -> None:
@@ -475,8 +479,7 @@ class Publisher:
         # The birth is queued before `connected` lets the core publish: nothing of a session may reach
         # the broker ahead of its birth.
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
-        self._discovery_mids = {client.publish(topic, payload, qos=1, retain=True).mid
-                                for topic, payload in self._discovery}
+        self.announcer.connected(client)
         with self._client_lock:
             self.connected = True
         self.connected_since = time.monotonic()
@@ -484,10 +487,11 @@ class Publisher:
         if self.connects > 1:
             self.reconnects += 1
         log.info("connected to %s:%d (session %d)", self.settings.host, self.settings.effective_port, session)
-        if not resumed:  # a resumed session still holds the subscription
+        if not resumed:  # a resumed session still holds the subscriptions
             # QoS 0: a check while connected, not a record. It spares a PUBACK for our birth's echo on
             # every connect, and the broker keeps no copy of the dead connection's will for us.
             client.subscribe(self.status_topic, qos=0)
+            self.announcer.subscribe(client)
         self._notify(Connected(session, resumed))
 
     def _on_disconnect(self, session: int, client, userdata, flags, reason_code, properties) -> None:
@@ -503,15 +507,16 @@ class Publisher:
 
     def _on_publish(self, session: int, client, userdata, mid, reason_code, properties) -> None:
         error = f"{reason_code} (0x{reason_code.value:02x})" if reason_code.is_failure else None
-        if mid in self._discovery_mids:
-            self._discovery_mids.discard(mid)
+        if self.announcer.acknowledged(mid, error):
             if error:
                 self._record_error(f"broker refused Home Assistant discovery: {error} (see docs/mqtt.md for the ACL)")
             return
         self._notify(Delivered(session, mid, error))
 
     def _on_message(self, client, userdata, message) -> None:
-        self._work.put(StatusSeen.read(message.payload))  # our one subscription: the status topic
+        if self.announcer.message(client, message):  # Home Assistant's birth
+            return
+        self._work.put(StatusSeen.read(message.payload))  # else our status topic
 
     # -- helpers -----------------------------------------------------------------------------------
     def _status_payload(self, state: str, reason: str | None = None, *, session: int | None = None) -> str:

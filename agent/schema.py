@@ -94,6 +94,8 @@ def _convert(hint: Any, value: Any, meta: dict, key: str, base_dir: Path, file: 
             return _convert(inner[0], value, meta, key, base_dir, file)
         if all(a in (int, str) for a in inner):  # a number or a word: `baud = 9600` or `baud = "auto"`
             return _convert(str if isinstance(value, str) else int, value, meta, key, base_dir, file)
+        if all(dataclasses.is_dataclass(a) for a in inner):  # `door = { pin }` or `door = { chip, channel }`
+            return build(_table_kind(inner, value), value, where=key, base_dir=base_dir, file=file)
         raise TypeError(f"unsupported union in schema at {key}")
     if dataclasses.is_dataclass(hint):
         return build(hint, value, where=key, base_dir=base_dir, file=file)
@@ -151,6 +153,18 @@ def _scalar(hint: Any, value: Any, meta: dict, key: str, base_dir: Path, file: s
         path = Path(value).expanduser()
         value = str(path if path.is_absolute() else (base_dir / path))
     return value
+
+
+def _table_kind(kinds: list[type], value: Any) -> type:
+    """Of several table kinds, the one whose keys best cover the table's (the first wins a tie): a key
+    no kind knows is then reported against the kind the table most resembles."""
+    keys = set(value) if isinstance(value, dict) else set()
+
+    def known(kind: type) -> tuple[bool, int]:
+        names = {f.name for f in dataclasses.fields(kind)}
+        return keys <= names, len(keys & names)
+
+    return max(kinds, key=known)
 
 
 MAX_TEXT = 256  # a name, host, site or topic level; it rides in payloads billed per MB

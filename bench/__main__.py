@@ -3,7 +3,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["footprint", "gps", "gpio", "fleet", "replay", "wire"]
+BENCHMARKS = ["footprint", "gps", "gpio", "modbus", "fleet", "replay", "wire"]
 
 
 def main(argv: list[str]) -> int:

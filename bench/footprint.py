@@ -45,6 +45,7 @@ def default_rate_config(folder, port: int) -> str:
         if section in demo:
             required = _required_keys(driver_class(section).Config)
             tables = demo[section]
+            required |= _REQUIRED_BY_SOURCE.get(section, set())
             if isinstance(tables, list):
                 data[section] = [{k: v for k, v in t.items() if k in required} for t in tables]
             else:
@@ -52,6 +53,11 @@ def default_rate_config(folder, port: int) -> str:
     path = folder / "bench.toml"
     path.write_text(toml_dumps(data))
     return str(path)
+
+
+# Keys a section's validate() requires for its default source, though the schema gives them a default
+# (the generator's `running` is required with source = "gpio" only).
+_REQUIRED_BY_SOURCE = {"generator": {"running"}}
 
 
 def _required_keys(cls) -> set[str]:
@@ -75,6 +81,7 @@ def main() -> int:
             subprocess.run(["sleep", "5"], check=True)
             windows = [measure_process(agent.pid, seconds), measure_process(agent.pid, seconds)]
             base_figures = measure_process(baseline.pid, min(seconds, 20.0))
+            died = agent.poll()
         finally:
             for process in (agent, baseline):
                 process.send_signal(signal.SIGTERM)
@@ -82,6 +89,9 @@ def main() -> int:
                     process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     process.kill()
+    if died is not None:  # a dead agent measures 0 MB: never a pass
+        print(f"FAIL: the agent exited ({died}) during the run; see {folder / 'agent.log'}")
+        return 1
     peak_rss = max(w["peak_rss_mb"] for w in windows)
     worst_cpu = max(w["cpu_pct"] for w in windows)
     rss_ok = peak_rss <= RSS_TARGET_MB

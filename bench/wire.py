@@ -1,8 +1,9 @@
 """Bytes on the wire (BRIEF §7: a parked box at default rates with TLS <= 10 MB/month, <= 3 kB per reconnect).
 
 The agent (`boxtel run` on simulated hardware) talks TLS to a loopback mosquitto through a byte-counting
-proxy (tests/proxy.py). Two scenarios, each for `BENCH_WIRE_S` seconds after the connect burst:
+proxy (tests/proxy.py). Three scenarios, each for `BENCH_WIRE_S` seconds after the connect burst:
 - parked: every driver at its default rates, the `quiet` simulation scenario (nothing happens);
+- parked+ha: the same with Home Assistant discovery (announced once, not on every reconnect);
 - busy: config/simulate.toml as `make demo` runs it (every event of the demo, the demo's fast rates).
 For each: bytes per hour up and down, extrapolated to a month, per topic (from a subscriber on a second,
 plain listener of the same broker, so the topic split needs no TLS break-in), the cost of one reconnect
@@ -48,7 +49,6 @@ MESSAGE_OVERHEAD_B = 270
 
 def main() -> int:
     seconds = env_seconds("BENCH_WIRE_S", 600.0)
-    discovery = os.environ.get("BENCH_WIRE_HA", "") not in ("", "0")  # Home Assistant discovery on
     budget_mb = float(os.environ.get("BENCH_WIRE_BUDGET_MB", "0"))  # [link] budget_mb_month
     folder = scratch("wire")
     certs = _make_certs(folder / "certs")
@@ -58,18 +58,16 @@ def main() -> int:
     ok = True
     with Broker(folder / "broker", tls=tls, extra=[f"listener {plain_port} 127.0.0.1"]) as broker:
         for name, config in (("parked", _parked_config(folder, broker.port)),
+                             ("parked+ha", _parked_ha_config(folder, broker.port)),
                              ("busy", _busy_config(folder, broker.port))):
             if name not in os.environ.get("BENCH_WIRE_ONLY", name):
                 continue
-            if discovery:
-                config = deep_merge(config, {"homeassistant": {"enabled": True}})
-                name += "+HA"
             if budget_mb:
                 config = deep_merge(config, {"link": {"budget_mb_month": budget_mb}})
                 name += f" budget {budget_mb:g} MB"
             figures = _measure(name, config, broker.port, plain_port, certs, seconds, folder)
             ok &= _report(name, figures, judged=name.startswith("parked"))
-    print(f"(logs: {folder}; BENCH_WIRE_HA=1 turns Home Assistant discovery on; "
+    print(f"(logs: {folder}; BENCH_WIRE_ONLY=parked runs one scenario; "
           f"BENCH_WIRE_BUDGET_MB=0.001 a budget spent at once: every saving step)")
     return 0 if ok else 1
 
@@ -78,6 +76,15 @@ def _parked_config(folder: Path, port: int) -> dict:
     data = tomllib.loads(Path(default_rate_config(folder, port)).read_text())
     data["simulation"] = {"scenario": "quiet"}
     return data
+
+
+def _parked_ha_config(folder: Path, port: int) -> dict:
+    """Parked, with Home Assistant discovery: announced once at the first start, not on a reconnect."""
+    return deep_merge(_parked_config(folder, port), {
+        "box": {"id": "bench-ha", "state_dir": str(folder / "state-ha")},
+        "diagnostics": {"socket": str(folder / "control-ha.sock")},
+        "homeassistant": {"enabled": True},
+    })
 
 
 def _busy_config(folder: Path, port: int) -> dict:

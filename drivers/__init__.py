@@ -15,6 +15,7 @@ REGISTRY: dict[str, str] = {
     "generator": "drivers.generator:GeneratorDriver",
     "water": "drivers.water:WaterDriver",
     "locker": "drivers.locker:LockerDriver",
+    "box.tamper": "drivers.tamper:BoxTamperDriver",  # a key of the core [box] section (agent/config.py)
 }
 
 

@@ -31,6 +31,7 @@ from drivers.base import Driver, DriverContext
 
 BCM_PINS = range(0, 28)  # GPIO0..GPIO27 on the 40-pin header of every Pi since the B+
 ADC_CHIPS = {"MCP3008": 1023, "MCP3208": 4095}  # chip -> largest raw reading
+ADC_CHANNELS = {"MCP3008": 8, "MCP3208": 8}  # single-ended inputs per chip
 CHATTER_WINDOW_S = 2.0  # edges are counted over this window
 _EDGES_KEPT = 4096  # bounds memory on a floating pin; still far above any chatter limit
 _SAVE_COUNTERS_S = 60.0  # run_hours / total_l: a power cut costs at most this much of them
@@ -57,20 +58,36 @@ class InputConfig:
 
 
 @dataclass(kw_only=True)
-class AdcConfig:
+class AdcChannel:
     """One channel of an MCP3008 (10 bit) or MCP3208 (12 bit) ADC on the SPI bus."""
 
     chip: str = setting("MCP3008", choices=tuple(ADC_CHIPS), doc="ADC chip")
     channel: int = setting(min=0, max=7, doc="ADC channel (0-7)")
     spi_port: int = setting(0, min=0, max=1, doc="SPI bus (0: GPIO9-11)")
     spi_device: int = setting(0, min=0, max=1, doc="chip select (0: CE0/GPIO8, 1: CE1/GPIO7)")
+
+    def validate(self) -> None:
+        if self.channel >= ADC_CHANNELS[self.chip]:
+            raise SettingError("channel", f"a {self.chip} has channels 0-{ADC_CHANNELS[self.chip] - 1}")
+
+    @property
+    def top(self) -> int:
+        """The chip's largest raw reading (full scale: the input at the reference voltage)."""
+        return ADC_CHIPS[self.chip]
+
+
+@dataclass(kw_only=True)
+class AdcConfig(AdcChannel):
+    """One channel of an MCP3008 (10 bit) or MCP3208 (12 bit) ADC on the SPI bus, read as a level."""
+
     raw_empty: int = setting(0, min=0, max=4095, doc="raw reading at 0 % (two-point calibration)")
     raw_full: int | None = setting(None, min=0, max=4095, doc="raw reading at 100 %; default: the chip's maximum")
     smoothing: int = setting(5, min=1, max=100, doc="average over this many samples (sloshing, noise)")
     interval_s: float = setting(5.0, min=0.1, max=3600.0, doc="seconds between samples")
 
     def validate(self) -> None:
-        top = ADC_CHIPS[self.chip]
+        AdcChannel.validate(self)
+        top = self.top
         if self.raw_full is None:
             self.raw_full = top
         for key in ("raw_empty", "raw_full"):
@@ -102,7 +119,7 @@ def input_claims(key: str, inputs: dict[str, InputConfig | None]) -> list[tuple[
 _SPI_PINS = {0: ((9, 10, 11), (8, 7)), 1: ((19, 20, 21), (18, 17))}
 
 
-def adc_claims(key: str, adc: AdcConfig) -> list[tuple[str, str]]:
+def adc_claims(key: str, adc: AdcChannel) -> list[tuple[str, str]]:
     """The channel is the ADC's alone; the bus pins are shared with other ADC users, never with an input."""
     bus, selects = _SPI_PINS[adc.spi_port]
     claims = [(key, f"ADC channel {adc.channel} on SPI{adc.spi_port}.{adc.spi_device}")]
@@ -144,9 +161,9 @@ def _make_factory(name: str) -> Any:
     from gpiozero import Device
 
     if name == "mock":
-        from gpiozero.pins.mock import MockFactory
+        from drivers.gpio_sim import mock_factory
 
-        return MockFactory()
+        return mock_factory()
     if name == "":
         return Device._default_pin_factory()  # gpiozero's own preference order (lgpio first)
     from importlib.metadata import entry_points
@@ -158,12 +175,28 @@ def _make_factory(name: str) -> Any:
 
 
 # -- inputs ------------------------------------------------------------------------------------------
+def watch_edges(config: InputConfig, factory: Any, on_edge: Callable[[int, bool], None]) -> Any:
+    """A gpiozero InputDevice on the configured pin whose every edge calls `on_edge(ticks, state)` on
+    gpiozero's thread, through the public Pin API (`edges`, `bounce`, `when_changed`): no debounce or
+    event logic of gpiozero's in between (its `bounce_time` reports the wrong final state of a train).
+    gpiozero holds `on_edge` by a weak reference: pass a bound method of the object that owns the device."""
+    from gpiozero import InputDevice
+
+    device = InputDevice(config.pin, pull_up=config.pull_up, pin_factory=factory)
+    try:
+        device.pin.bounce = None
+        device.pin.edges = "both"
+        device.pin.when_changed = on_edge
+    except BaseException:
+        device.close()
+        raise
+    return device
+
+
 class DebouncedInput:
     """A switch on a pin: raw edges from gpiozero's thread, settled state for the driver's thread."""
 
     def __init__(self, label: str, config: InputConfig, factory: Any, wake: Callable[[], None]):
-        from gpiozero import DigitalInputDevice
-
         self.label = label
         self.config = config
         self._debounce_s = config.debounce_ms / 1000.0
@@ -172,14 +205,8 @@ class DebouncedInput:
         self._edges: deque[float] = deque(maxlen=_EDGES_KEPT)
         self._settle_at: float | None = None
         self._train_start: float | None = None
-        owner = self
-
-        class _Device(DigitalInputDevice):
-            def _pin_changed(self, ticks, state):  # gpiozero's thread: note the edge and return
-                owner._on_edge()
-
         # gpiozero ties "active" to the pull; we read raw levels and apply active_high ourselves.
-        self.device = _Device(config.pin, pull_up=config.pull_up, pin_factory=factory)
+        self.device = watch_edges(config, factory, self._on_edge)
         self.active = self._read_active()  # the state at start comes from the pin, never from memory
         self.chattering = False
         self._chatter_seen = 0.0
@@ -191,7 +218,7 @@ class DebouncedInput:
     def _read_active(self) -> bool:
         return bool(self.raw) == self.config.active_high
 
-    def _on_edge(self) -> None:
+    def _on_edge(self, ticks: int, state: bool) -> None:  # gpiozero's thread: note the edge and return
         now = time.monotonic()
         with self._lock:
             self._edges.append(now)
@@ -257,25 +284,17 @@ class PulseCounter:
     can run at hundreds of Hz)."""
 
     def __init__(self, label: str, config: InputConfig, factory: Any):
-        from gpiozero import DigitalInputDevice
-
         self.label = label
         self.config = config
         self.count = 0
         self._lock = threading.Lock()
         self._edges: deque[float] = deque(maxlen=_EDGES_KEPT)
-        owner = self
+        self.device = watch_edges(config, factory, self._on_edge)
 
-        class _Device(DigitalInputDevice):
-            def _pin_changed(self, ticks, state):
-                owner._on_edge(bool(state))
-
-        self.device = _Device(config.pin, pull_up=config.pull_up, pin_factory=factory)
-
-    def _on_edge(self, high: bool) -> None:
+    def _on_edge(self, ticks: int, state: bool) -> None:
         with self._lock:
             self._edges.append(time.monotonic())
-            if high == self.config.active_high:
+            if bool(state) == self.config.active_high:
                 self.count += 1
 
     def total(self) -> int:
@@ -295,21 +314,27 @@ class PulseCounter:
         self.device.close()
 
 
+def open_adc(config: AdcChannel, factory: Any) -> Any:
+    """gpiozero's MCP3008/MCP3208 on `config`'s channel (gpiozero shares one SPI interface between the
+    channels of a chip)."""
+    import gpiozero
+
+    # gpiozero shares one SPI bus object per pin set. A closed bus that the cyclic garbage collector
+    # finalizes late unregisters whichever bus holds its key by then, and the next ADC would try to
+    # take the SPI pins again (GPIOPinInUse). Finalize such leftovers before registering ours.
+    gc.collect()
+    return getattr(gpiozero, config.chip)(
+        channel=config.channel, port=config.spi_port, device=config.spi_device, pin_factory=factory,
+    )
+
+
 class AnalogInput:
     """One ADC channel, smoothed and calibrated to percent."""
 
     def __init__(self, label: str, config: AdcConfig, factory: Any):
-        import gpiozero
-
         self.label = label
         self.config = config
-        # gpiozero shares one SPI bus object per pin set. A closed bus that the cyclic garbage collector
-        # finalizes late unregisters whichever bus holds its key by then, and the next ADC would try to
-        # take the SPI pins again (GPIOPinInUse). Finalize such leftovers before registering ours.
-        gc.collect()
-        self.device = getattr(gpiozero, config.chip)(
-            channel=config.channel, port=config.spi_port, device=config.spi_device, pin_factory=factory,
-        )  # gpiozero shares one SPI interface between the channels of a chip
+        self.device = open_adc(config, factory)
         self._samples: deque[int] = deque(maxlen=config.smoothing)
         self.last_raw: int | None = None
 

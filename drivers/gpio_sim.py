@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from drivers.gpio import ADC_CHIPS, AdcConfig, InputConfig, pin_factory
+from drivers.gpio import ADC_CHIPS, AdcChannel, AdcConfig, InputConfig, pin_factory
 from drivers.simulator import QUIET, Simulator
 
 CYCLE_S = 120.0
@@ -187,13 +187,19 @@ class WaterSimulator(GpioScenario):
 
 class LockerSimulator(GpioScenario):
     """The first locker: a short visit at 5 s, then left open too long from 18 s. Each other locker: one
-    visit, a few seconds apart. The last locker's switch wire works loose for two seconds at 50 s."""
+    visit, a few seconds apart. The last locker on a pin has its switch wire work loose for two seconds
+    at 50 s. A locker on a supervised loop plays `LOOP_SCENARIO` (each further one 2 s later)."""
 
     def inputs(self, config: Any) -> list[InputConfig | None]:
-        return [config.door]
+        door = config.door if isinstance(config.door, InputConfig) else None
+        return [door, config.arm_switch]
 
     def script(self, config: Any) -> None:
-        index = self.configs.index(config)
+        if not isinstance(config.door, InputConfig):
+            self._loop(config.door, 2.0 * self._loops().index(config))
+            return
+        plain = [c for c in self.configs if c not in self._loops()]
+        index = plain.index(config)
         if index == 0:
             self.set_input(5.0, config.door, True)
             self.set_input(12.0, config.door, False)
@@ -203,8 +209,36 @@ class LockerSimulator(GpioScenario):
         else:
             self.set_input(5.0 + 3.0 * index, config.door, True)
             self.set_input(12.0 + 3.0 * index, config.door, False)
-        if index == len(self.configs) - 1:
+        if index == len(plain) - 1:
             self.at(50.0, lambda: self._chatter(config.door, seconds=2.0))
+
+    def quiet(self, config: Any) -> None:
+        if not isinstance(config.door, InputConfig):  # a supervised loop reads closed, steadily
+            plan = config.door.plan
+            low, high = dict(zip(plan.states, plan.expected, strict=True))["closed"]
+            mock_adc(self.factory, config.door).levels[config.door.channel] = lambda: (low + high) // 2
+
+    def _loops(self) -> list[Any]:
+        return [c for c in self.configs if not isinstance(c.door, InputConfig)]
+
+    def _loop(self, loop: Any, offset_s: float) -> None:
+        """The loop reads what its resistors give in each state of `LOOP_SCENARIO`, with a few counts of
+        noise (inside the hysteresis: no event of its own)."""
+        plan = loop.plan
+        levels = {state: (low + high) // 2 for state, (low, high) in zip(plan.states, plan.expected, strict=True)}
+        levels.setdefault("cut", loop.top)
+        level = [levels["closed"], 0]  # the reading now (set by the scenario's steps), a sample count
+
+        def set_level(state: str) -> None:
+            level[0] = levels.get(state, levels["closed"])  # single EOL: a cut reads as open
+
+        def raw() -> int:  # per sample: kept cheap, the bench measures the simulation too
+            level[1] += 1
+            return level[0] + level[1] % 5 - 2
+
+        for start, state in LOOP_SCENARIO:
+            self.at(start + offset_s, functools.partial(set_level, state))
+        mock_adc(self.factory, loop).levels[loop.channel] = raw
 
     def _chatter(self, door: InputConfig, seconds: float) -> None:
         pin = self.factory.pin(door.pin)
@@ -218,6 +252,23 @@ class LockerSimulator(GpioScenario):
                 pin.drive_low()
             time.sleep(gap_s)
         self.drive(door, False)
+
+
+# (scenario second, what the loop does): a visit; the paper-clip attack (the pair bridged, the door opened
+# behind it, the clip taken away before the door is shut); the cable cut, then repaired.
+LOOP_SCENARIO = ((0.0, "closed"), (6.0, "open"), (10.0, "closed"), (20.0, "short"), (30.0, "open"),
+                 (34.0, "closed"), (40.0, "cut"), (46.0, "closed"))
+
+
+class TamperSimulator(GpioScenario):
+    """The enclosure is opened at 55 s and shut at 58 s."""
+
+    def inputs(self, config: Any) -> list[InputConfig | None]:
+        return [config]
+
+    def script(self, config: Any) -> None:
+        self.set_input(55.0, config, True)
+        self.set_input(58.0, config, False)
 
 
 def wire_pin(factory: Any, pin: int, *, high: bool) -> Any:
@@ -257,7 +308,7 @@ def _wired_pin_class() -> type:
 _adcs: dict[tuple[int, int, int], Any] = {}
 
 
-def mock_adc(factory: Any, config: AdcConfig) -> Any:
+def mock_adc(factory: Any, config: AdcChannel) -> Any:
     """The mock chip on `config`'s SPI bus; set `levels[channel]` to a callable returning the raw reading."""
     key = (id(factory), config.spi_port, config.spi_device)
     if key not in _adcs:
@@ -268,6 +319,14 @@ def mock_adc(factory: Any, config: AdcConfig) -> Any:
 def _forget_adcs(factory: Any) -> None:
     for key in [k for k in _adcs if k[0] == id(factory)]:
         _adcs.pop(key).close()
+
+
+def mock_factory() -> Any:
+    """gpiozero's MockFactory, with SPI on the hardware pins answered as a Pi's kernel SPI driver does:
+    one transfer per transaction. gpiozero's MCP3008/MCP3208 code runs unchanged; only the wire below it
+    differs. (gpiozero's own mock SPI bit-bangs every clock edge through mock pins: 0.2 ms of CPU per
+    reading, which a supervised loop sampled at 20 Hz would make the simulation's largest cost.)"""
+    return _mock_factory_class()()
 
 
 def reset_mock_hardware(factory: Any) -> None:
@@ -304,4 +363,67 @@ def _mock_adc_class() -> type:
                 self.tx_word(raw, self.bits + 2)
                 self.phase = "result"
 
+        def exchange(self, words: list[int]) -> list[int]:
+            """One whole transaction (kernel SPI): the request's start bit, single/differential bit and
+            channel bits are followed by the result, which fills the last bits of the reply."""
+            request = int.from_bytes(bytes(words), "big")
+            level = self.levels.get((request >> (self.bits + 2)) & 7)
+            raw = 0 if level is None else max(0, min(2**self.bits - 1, level()))
+            return list(raw.to_bytes(len(words), "big"))
+
     return MockMcp3xxx
+
+
+@functools.cache
+def _mock_factory_class() -> type:
+    from gpiozero.devices import SharedMixin
+    from gpiozero.pins import SPI
+    from gpiozero.pins.mock import MockFactory
+    from gpiozero.pins.pi import spi_port_device
+
+    class MockKernelSPI(SPI):
+        """Hardware SPI (GPIO 8-11) on mock pins: the pins are reserved as the kernel's driver holds
+        them, and each transfer is handed whole to the mock chip on that chip select."""
+
+        def __init__(self, clock_pin, mosi_pin, miso_pin, select_pin, pin_factory):
+            self._port, self._device = spi_port_device(clock_pin, mosi_pin, miso_pin, select_pin)
+            self._open = False
+            super().__init__(pin_factory=pin_factory)
+            self.pin_factory.reserve_pins(self, clock_pin, mosi_pin, miso_pin, select_pin)
+            self._open = True
+
+        def _conflicts_with(self, other: Any) -> bool:
+            return not (isinstance(other, MockKernelSPI) and
+                        (self._port, self._device) != (other._port, other._device))
+
+        def close(self) -> None:
+            # Once only: gpiozero closes devices again from __del__, and a garbage collection inside
+            # the factory's reservation lock must not take that lock again (it deadlocks).
+            if self._open:
+                self._open = False
+                self.pin_factory.release_all(self)
+            super().close()
+
+        @property
+        def closed(self) -> bool:
+            return not self._open
+
+        def _get_clock_mode(self) -> int:
+            return 0
+
+        def transfer(self, data: list[int]) -> list[int]:
+            chip = _adcs.get((id(self.pin_factory), self._port, self._device))
+            return [0] * len(data) if chip is None else chip.exchange(data)
+
+    class MockKernelSPIShared(SharedMixin, MockKernelSPI):
+        @classmethod
+        def _shared_key(cls, clock_pin, mosi_pin, miso_pin, select_pin, pin_factory):
+            return (clock_pin, select_pin)
+
+    class SimFactory(MockFactory):
+        def _get_spi_class(self, shared: bool, hardware: bool) -> type:
+            if hardware:
+                return MockKernelSPIShared if shared else MockKernelSPI
+            return super()._get_spi_class(shared, hardware)
+
+    return SimFactory

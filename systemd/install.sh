@@ -29,7 +29,10 @@ install_files() {
         "$PYTHON" -m venv "$prefix"
     fi
     echo "installing boxtel into $prefix"
-    "$prefix/bin/pip" install --quiet --disable-pip-version-check "$src"
+    "$prefix/bin/python" -m pip install --quiet --disable-pip-version-check "$src"  # not bin/pip: relocated
+    if [ -n "$DESTDIR" ]; then
+        relocate
+    fi
 
     install -d -m 0755 "$unitdir" "$sysusersdir" "$tmpfilesdir" "$docdir"
     install -m 0644 "$src/systemd/boxtel.service" "$unitdir/boxtel.service"
@@ -62,20 +65,51 @@ boxtel is installed. Next steps (docs: $PREFIX/share/doc/boxtel/deploy.md):
 NEXT
 }
 
+# A staged venv names its staged path ($DESTDIR$PREFIX) in its scripts' #! lines, activate scripts and
+# pyvenv.cfg, and in the source paths compiled into its .pyc files: rewrite them to $PREFIX, so the
+# tree works once copied to / (as a package build needs).
+relocate() {
+    for file in "$prefix"/bin/* "$prefix/pyvenv.cfg"; do
+        if [ -f "$file" ] && [ ! -L "$file" ] && grep -qsF "$prefix" "$file"; then
+            sed -i "s|$prefix|$PREFIX|g" "$file"
+        fi
+    done
+    "$prefix/bin/python" -m compileall -q -f -s "$root" -p / "$prefix/lib" >/dev/null
+}
+
+# Removes what exists of $1 and says so; nothing is said about what was not there.
+remove() {
+    if [ -e "$1" ] || [ -L "$1" ]; then
+        rm -rf "$1"
+        echo "removed $1"
+        removed=yes
+    fi
+}
+
 uninstall_files() {
+    removed=
     if live_systemd && systemctl list-unit-files boxtel.service >/dev/null 2>&1; then
         systemctl disable --now boxtel.service 2>/dev/null || true
     fi
-    rm -f "$unitdir/boxtel.service" "$sysusersdir/boxtel.conf" "$tmpfilesdir/boxtel.conf"
-    rm -rf "$prefix"
+    remove "$unitdir/boxtel.service"
+    remove "$sysusersdir/boxtel.conf"
+    remove "$tmpfilesdir/boxtel.conf"
+    remove "$prefix"
     if live_systemd; then
         systemctl daemon-reload
     fi
     if [ "$purge" = purge ]; then
-        rm -rf "$confdir" "$statedir"
-        echo "removed boxtel, its config and its data"
+        remove "$confdir"
+        remove "$statedir"
     else
-        echo "removed boxtel; kept $confdir and $statedir (make uninstall PURGE=1 removes them)"
+        for kept in "$confdir" "$statedir"; do
+            if [ -e "$kept" ]; then
+                echo "kept $kept (make uninstall PURGE=1 removes it)"
+            fi
+        done
+    fi
+    if [ -z "$removed" ]; then
+        echo "boxtel is not installed here: nothing to remove"
     fi
 }
 

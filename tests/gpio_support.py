@@ -117,7 +117,8 @@ def fast_demo_hardware(speed: float) -> dict[str, Any]:
     from tests.support import ROOT
 
     demo = tomllib.loads((ROOT / "config" / "simulate.toml").read_text())
-    sections = {"generator": demo["generator"], "water": demo["water"], "locker": demo["locker"]}
+    sections = {"generator": demo["generator"], "water": demo["water"], "locker": demo["locker"],
+                "box": {"tamper": demo["box"]["tamper"]}}
     sections["generator"]["fuel"]["interval_s"] = sections["water"]["tank"]["interval_s"] = 1.0 / speed
     sections["generator"]["fuel"]["smoothing"] = sections["water"]["tank"]["smoothing"] = 1
     sections["water"]["continuous_flow_s"] /= speed

@@ -121,7 +121,10 @@ class Subscriber:
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         if "username" in connect:
             self.client.username_pw_set(connect.pop("username"), connect.pop("password", None))
-        self.client.connect("127.0.0.1", port)
+        if "ca_certs" in connect:  # TLS, verified against this CA
+            self.client.tls_set(ca_certs=connect.pop("ca_certs"), certfile=connect.pop("certfile", None),
+                                keyfile=connect.pop("keyfile", None))
+        self.client.connect(connect.pop("host", "127.0.0.1"), port)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise AssertionError("test subscriber could not subscribe")

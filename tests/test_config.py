@@ -340,7 +340,8 @@ def test_example_config_documents_every_key():
     schemas = {**config_module.CORE_SECTIONS, **{name: driver_class(name).Config for name in REGISTRY}}
     missing = []
     for section, cls in schemas.items():
-        tables = raw.get(section)
+        parent, _, key = section.partition(".")  # "box.tamper": a driver's key of a core section
+        tables = raw.get(parent, {}).get(key) if key else raw.get(section)
         assert tables is not None, f"agent.example.toml has no [{section}] section"
         for table in tables if isinstance(tables, list) else [tables]:
             missing += [f"{section}.{f}" for f in cls.__dataclass_fields__ if f not in table]
@@ -380,10 +381,13 @@ def test_every_refused_case_has_its_line():
 # that the walk below reaches every float key (a section not listed here must load from `{}`).
 MINIMAL: dict[str, Any] = {
     "box": {"id": "pib-001"},
-    "generator": {"running": {"pin": 17}, "faults": {"low_oil": {"pin": 27}}, "fuel": {"channel": 0}},
+    "generator": {"running": {"pin": 17}, "faults": {"low_oil": {"pin": 27}}, "fuel": {"channel": 0},
+                  "cranking": {"pin": 24}},
     "water": {"tank": {"channel": 1}, "float_low": {"pin": 5}, "float_high": {"pin": 6}, "flow": {"pin": 13},
               "pump": {"pin": 19}, "leak": {"pin": 26}},
-    "locker": [{"name": "armory-1", "door": {"pin": 23}}],
+    "locker": [{"name": "armory-1", "door": {"pin": 23}, "arm_switch": {"pin": 12}},
+               {"name": "armory-2", "door": {"channel": 2}, "arm_switch": {"pin": 16}}],  # a pin door; a loop door
+    "box.tamper": {"pin": 4},
 }
 
 
@@ -398,6 +402,14 @@ def _unwrap(hint: Any) -> Any:
     return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
 
 
+def _table_kinds(hint: Any) -> list[type]:
+    """The table kinds a key may take: one dataclass, or a union of them (`door = { pin }` or a loop)."""
+    if dataclasses.is_dataclass(hint):
+        return [hint]
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    return list(args) if args and all(dataclasses.is_dataclass(a) for a in args) else []
+
+
 def _float_keys(cls: type, table: Any, where: tuple) -> list[tuple[tuple, bool]]:
     """(key path as a tuple of keys and list indexes, inf_ok) of every float setting reachable in
     `table`, the fields of a float table (a deadband) included."""
@@ -410,9 +422,10 @@ def _float_keys(cls: type, table: Any, where: tuple) -> list[tuple[tuple, bool]]
             found.append((path, inf_ok))
         elif typing.get_origin(hint) is dict and typing.get_args(hint)[1] is float:
             found += [((*path, name), inf_ok) for name in field.metadata.get("keys") or ()]
-        elif dataclasses.is_dataclass(hint):
+        elif _table_kinds(hint):
             assert field.name in table, f"add {'.'.join(map(str, path))} to MINIMAL so its float keys are tried"
-            found += _float_keys(hint, table[field.name], path)
+            kind = next(k for k in _table_kinds(hint) if set(table[field.name]) <= {f.name for f in dataclasses.fields(k)})
+            found += _float_keys(kind, table[field.name], path)
         elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
             assert table.get(field.name), f"add an entry to {'.'.join(map(str, path))} in MINIMAL"
             for name, item in table[field.name].items():
@@ -470,7 +483,7 @@ def test_any_float_key_set_to_nan_or_inf_is_refused_naming_it(case):
 
 
 # Numbers bounded another way than `max=`: a set of valid values checked in the section's validate().
-_BOUNDED_ELSEWHERE = {("InputConfig", "pin"): "BCM_PINS", ("GpsConfig", "baud"): "BAUDS"}
+_BOUNDED_ELSEWHERE = {("InputConfig", "pin"): "BCM_PINS", ("TamperConfig", "pin"): "BCM_PINS", ("GpsConfig", "baud"): "BAUDS"}
 
 
 def _number_settings(cls: type, seen: set) -> list[tuple[type, dataclasses.Field, Any]]:
@@ -482,8 +495,9 @@ def _number_settings(cls: type, seen: set) -> list[tuple[type, dataclasses.Field
     for field in dataclasses.fields(cls):
         hint = _unwrap(hints[field.name])
         inner = typing.get_args(hint)[1] if typing.get_origin(hint) is dict else hint
-        if dataclasses.is_dataclass(inner):
-            found += _number_settings(inner, seen)
+        if _table_kinds(inner):
+            for kind in _table_kinds(inner):
+                found += _number_settings(kind, seen)
         elif inner in (int, float) or (typing.get_origin(hint) in (typing.Union, types.UnionType)):
             found.append((cls, field, inner))
     return found

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 
-import jinja2
 import pytest
 
 from agent.fleet.broker import BrokerTarget
@@ -16,17 +16,20 @@ from agent.fleet.sim import FleetSim
 from drivers.gpio_sim import GpioScenario
 from tests.gpio_support import agent_in_process, fast_demo_hardware
 from tests.support import ROOT, Subscriber, boxtel, wait_until
-from tests.test_homeassistant import check_documented
+from tests.test_demo import check_live_view
+from tests.test_homeassistant import check_documented, render
 
 BOX = "test-001"
 BASE = f"boxtel/{BOX}"
 SPEED = 4.0  # the GPIO scenario's minute in 15 s
-STATE_STREAMS = ("gps", "generator", "water", "locker/armory-1", "locker/armory-2", "health")
+STATE_STREAMS = ("gps", "generator", "water", "locker/armory-1", "locker/armory-2", "locker/armory-3",
+                 "locker/armory-4", "tamper", "health")
 # Every kind of GPIO event and every GPIO alarm raised and cleared in the scenario's first minute.
 EVENT_KINDS = {"generator_started", "generator_stopped", "door_opened", "door_closed", "gps_connected",
                "fix_acquired", "home_learned"}
 GPIO_ALARMS = {"generator_fault:low_oil", "fuel_low", "tank_low", "tank_overflow", "leak_detected",
-               "continuous_flow", "door_open_too_long", "door_opened_while_armed", "door_switch_fault"}
+               "continuous_flow", "door_open_too_long", "door_opened_while_armed", "door_switch_fault",
+               "door_tamper", "box_tamper"}
 # Health fields Home Assistant reads that the durable outbox (issue 5) adds to the agent.
 NOT_YET_SENT = {"outbox_oldest_s"}
 
@@ -66,7 +69,7 @@ def test_what_the_agent_publishes_is_what_home_assistant_the_console_and_the_doc
     states = {stream: _latest(sub, stream) for stream in STATE_STREAMS}
 
     # (a) every discovery config reads fields the drivers really send, and renders to a sound value
-    configs = [(m.topic.split("/")[1], m.json) for m in sub.on(f"homeassistant/+/{BOX}/+/config")]
+    configs = [(m.topic.split("/")[1], m.json) for m in sub.on(f"homeassistant/+/{BOX}/+/config") if m.raw]
     assert len({c["unique_id"] for _, c in configs}) == len(configs) > 30
     for component, config in configs:
         check_documented(component, config)
@@ -83,8 +86,8 @@ def test_what_the_agent_publishes_is_what_home_assistant_the_console_and_the_doc
         isinstance(row["gps"]["lon"], float) and isinstance(row["gps"]["home_distance_m"], float)
     assert isinstance(row["generator"]["running"], bool) and isinstance(row["generator"]["fuel_pct"], float)
     assert isinstance(row["water"]["tank_pct"], float) and isinstance(row["water"]["total_l"], float)
-    assert set(row["doors"]) == {"armory-1", "armory-2"}
-    assert all(door["door"] in ("open", "closed") for door in row["doors"].values())
+    assert set(row["doors"]) == {"armory-1", "armory-2", "armory-3", "armory-4"}
+    assert all(door["door"] in ("open", "closed", "unknown") for door in row["doors"].values())
     assert isinstance(row["outbox_depth"], int) and row["clock_source"] in ("ntp", "gps", "unsynced")
     assert isinstance(row["alarms"], list) and row["seq_lost"] == 0
 
@@ -93,6 +96,9 @@ def test_what_the_agent_publishes_is_what_home_assistant_the_console_and_the_doc
     for message in sub.on(f"{BASE}/#"):
         stream = message.topic.removeprefix(f"{BASE}/")
         doc.check(stream, message.json)
+
+    # (e) `make demo`'s live view shows each of them as one readable line
+    check_live_view([m for m in sub.messages[:] if m.topic.startswith(f"{BASE}/")])
 
     # (d) simulate-fleet's boxes publish what a real agent with the same hardware publishes
     fleet_sub = Subscriber(broker.port, "boxtel/+/#")
@@ -132,27 +138,25 @@ def _check_entity(component: str, config: dict, payload: dict) -> None:
             for field in re.findall(r"value_json\.(\w+)", config[template_key]):
                 assert field in payload or field in NOT_YET_SENT, f"{name}: the box does not send {field!r}"
     if "json_attributes_template" in config:
-        attributes = json.loads(_render(config["json_attributes_template"], payload))
+        attributes = json.loads(render(config["json_attributes_template"], payload))
         assert isinstance(attributes, dict)
         if component == "device_tracker":  # the box has a fix: Home Assistant gets a position
             assert isinstance(attributes["latitude"], float) and isinstance(attributes["longitude"], float)
     if "value_template" not in config:
         return
-    value = _render(config["value_template"], payload)
+    value = render(config["value_template"], payload)
     field = re.search(r"value_json\.(\w+)", config["value_template"]).group(1)
     if component == "binary_sensor":
         # unknown ("None") only when the box says it cannot tell (e.g. a Pi without power flags)
         assert value in ("ON", "OFF") or (value == "None" and payload.get(field) == "unavailable"), (name, value)
     elif value == "None":
         assert payload.get(field) is None, f"{name}: rendered None from {payload.get(field)!r}"
+    elif config.get("device_class") == "timestamp":
+        assert datetime.fromisoformat(value).tzinfo is not None, (name, value)
     elif config.get("device_class") == "enum":
         assert value in config["options"], (name, value)
     elif "unit_of_measurement" in config or config.get("state_class"):
         float(value)
-
-
-def _render(template: str, payload: dict) -> str:
-    return jinja2.Environment().from_string(template).render(value_json=payload).strip()
 
 
 class DocContract:
@@ -166,7 +170,8 @@ class DocContract:
             self.sections[heading.strip()] = body
         common = self.names(next(body for heading, body in self.sections.items() if heading.startswith("Common")))
         self.fields = {topic: self.names(self.sections[f"`{topic}`"]) | common
-                       for topic in ("status", "gps", "generator", "water", "locker/<name>", "health", "events")}
+                       for topic in ("status", "gps", "generator", "water", "locker/<name>", "tamper", "health",
+                                     "events")}
         rows = re.findall(r"^\| `([^`|]+)`(?:, `([^`|]+)`)? \| `?([^|`]+)`? \| `?([^|`]+)`? \|",
                           self.sections["`events`"], flags=re.M)
         self.severity: dict[str, str] = {}  # kind or alarm -> severity

@@ -130,6 +130,18 @@ def test_alarms_are_the_union_of_every_state_topic_and_boxes_with_alarms_come_fi
     assert model.boxes["c1"].row()["doors"] == {"armory-1": {"door": "open"}}
 
 
+def test_a_state_the_box_takes_back_leaves_the_view():
+    model = FleetModel()
+    feed(model, "c1", "locker/armory-1", alarms=["door_open_too_long"], door="open")
+    feed(model, "c1", "locker/armory-2", alarms=[], door="closed")
+    feed(model, "c1", "generator", alarms=["fuel_low"], running=True)
+    model.ingest("boxtel/c1/locker/armory-1", b"")  # a locker removed from the config: its retained state cleared
+    model.ingest("boxtel/c1/generator", b"")
+    row = model.boxes["c1"].row()
+    assert row["doors"] == {"armory-2": {"door": "closed"}} and row["generator"] is None and row["alarms"] == []
+    assert model.boxes["c1"].bad_payloads == 0
+
+
 def test_garbage_and_foreign_topics_are_ignored():
     model = FleetModel()
     assert model.ingest("boxtel/b1/gps", b"\xff not json") is None
@@ -372,3 +384,32 @@ def test_console_logs_in_with_its_own_credentials_and_a_refusal_is_unavailable(m
                     "--json", "--for", "0.5")
     assert result.returncode == 0, result.stderr
     assert "s3cret-pw" not in result.stderr + result.stdout
+
+
+def test_the_buffered_client_runs_on_the_paho_minor_its_private_overrides_were_checked_against():
+    """BufferedClient overrides paho's private `_sock_recv(bufsize)` / `_sock_send(buf)`. Another paho
+    minor may change them silently: this fails until the overrides are re-checked and PAHO_TESTED and
+    setup.cfg's pin move together."""
+    import inspect
+    import re
+    from importlib.metadata import version
+
+    import paho.mqtt.client as mqtt
+
+    from agent.fleet.broker import PAHO_TESTED, BufferedClient
+
+    assert version("paho-mqtt").startswith(PAHO_TESTED + "."), (version("paho-mqtt"), PAHO_TESTED)
+    pin = re.search(r"^\s*paho-mqtt ~= (\d+\.\d+)\.\d+$", (ROOT / "setup.cfg").read_text(), re.M)
+    assert pin and pin.group(1) == PAHO_TESTED
+    for name, parameters in (("_sock_recv", ["self", "bufsize"]), ("_sock_send", ["self", "buf"])):
+        assert list(inspect.signature(getattr(mqtt.Client, name)).parameters) == parameters
+        assert name in BufferedClient.__dict__
+
+
+def test_the_box_daemon_does_not_load_the_central_side():
+    """The CLI imports every command's module, `boxtel run` on a box too: the console and the simulator
+    load only when their command runs (RSS on the box, bench/footprint.py)."""
+    code = ("import sys, agent.cli; agent.cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m in ('agent.fleet.console', 'agent.fleet.sim')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr

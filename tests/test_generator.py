@@ -202,3 +202,74 @@ def test_fuel_low_hysteresis_holds_across_a_restart(tmp_path, mock_pins):
     again.driver.open_pins()
     assert again.alarms() == [] and again.alarms("alarm_cleared") == []
     assert again.state()["alarms"] == ["fuel_low"]
+
+
+CRANKING = 23
+
+
+def test_a_start_that_never_runs_raises_fail_to_start_and_running_clears_it(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins, cranking={"pin": CRANKING, "debounce_ms": 5.0}, fail_to_start_s=30.0)
+    rig.wire(CRANKING, False)
+    rig.driver.open_pins()
+    rig.drive(CRANKING, True)  # the starter turns, the engine does not catch
+    t = rig.step(0.01)
+    rig.drive(CRANKING, False)
+    rig.driver.step(t + 20.0)
+    assert rig.alarms() == []
+    assert rig.driver.timer() == pytest.approx(t + 30.0, abs=0.02)  # the driver wakes for the deadline
+    rig.driver.step(t + 31.0)
+    assert rig.alarms() == ["fail_to_start"]
+    rig.drive(RUNNING, False)  # a second try runs
+    rig.driver.step(t + 40.0)
+    assert rig.alarms("alarm_cleared") == ["fail_to_start"]
+    assert rig.state()["faults"] == []  # the starter input is not a fault
+
+
+def test_a_start_that_runs_raises_nothing(tmp_path, mock_pins):
+    rig = generator(tmp_path, mock_pins, cranking={"pin": CRANKING, "debounce_ms": 5.0}, fail_to_start_s=30.0)
+    rig.wire(CRANKING, False)
+    rig.driver.open_pins()
+    rig.drive(CRANKING, True)
+    t = rig.step(0.01)
+    rig.drive(RUNNING, False)
+    rig.drive(CRANKING, False)
+    rig.driver.step(t + 3.0)
+    rig.driver.step(t + 60.0)
+    assert rig.alarms() == [] and [e.kind for e in rig.events()] == ["generator_started"]
+
+
+def test_adc_fuel_accounting_sees_a_refuel_and_one_theft_but_not_noise(tmp_path, mock_pins):
+    """The same fuel accounting as the Modbus source, fed by the ADC sender: a 200 L tank, the sender
+    jittering by ±1 %, 30 L syphoned at night."""
+    import random
+
+    rig = generator(tmp_path, mock_pins, fuel={**FUEL, "interval_s": 10.0}, tank_litres=200.0, fuel_hold_s=60.0,
+                    fuel_settle_s=120.0, fuel_drop_min_l=15.0, refuel_min_l=15.0)
+    adc = mock_adc(mock_pins, rig.config.fuel)
+    rng = random.Random(3)
+    level = {"pct": 50.0}
+    adc.levels[0] = lambda: round(100 + 8 * max(0.0, min(100.0, level["pct"] + rng.uniform(-1.0, 1.0))))
+    rig.driver.open_pins()
+    t = rig.step(0.0)
+    for _ in range(360):  # a stopped night, noise only
+        t += 10.0
+        rig.driver.step(t)
+    assert rig.events() == []
+    level["pct"] = 90.0  # a refuel
+    for _ in range(30):
+        t += 10.0
+        rig.driver.step(t)
+    assert [(e.kind, round(e.details["litres"] / 10)) for e in rig.events()] == [("refuelled", 8)]
+    for _ in range(60):  # 30 L syphoned over ten minutes, then quiet
+        level["pct"] = max(75.0, level["pct"] - 0.25)
+        t += 10.0
+        rig.driver.step(t)
+    for _ in range(360):
+        t += 10.0
+        rig.driver.step(t)
+    drops = rig.events("alarm_raised")
+    assert [e.details["alarm"] for e in drops] == ["fuel_drop_while_stopped"]
+    assert 15 <= drops[0].details["litres"] <= 30  # what had gone when the drop had held for fuel_hold_s
+    state = rig.state()
+    assert state["fuel_l"] == pytest.approx(150, abs=3) and state["fuel_lph"] == 0.0
+    assert state["alarms"] == ["fuel_drop_while_stopped"]

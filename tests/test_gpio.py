@@ -131,7 +131,7 @@ def test_door_edge_reaches_a_subscriber_through_mosquitto(make_config, broker, s
 
 # -- the simulated scenario: every event and alarm in its first minute ---------------------------------
 ALARMS = ["generator_fault:low_oil", "fuel_low", "tank_low", "tank_overflow", "leak_detected", "continuous_flow",
-          "door_open_too_long", "door_opened_while_armed", "door_switch_fault"]
+          "door_open_too_long", "door_opened_while_armed", "door_switch_fault", "door_tamper", "box_tamper"]
 
 
 @pytest.mark.slow
@@ -155,9 +155,14 @@ def test_simulated_minute_shows_every_event_and_each_alarm_once(make_config, bro
 
         wait_until(all_seen, 40, "every event kind and every alarm cleared")
         seen = events()
-    raised = [e["alarm"] for e in seen if e["kind"] == "alarm_raised" and e["source"] != "host"]
-    cleared = [e["alarm"] for e in seen if e["kind"] == "alarm_cleared" and e["source"] != "host"]
-    assert sorted(raised) == sorted(ALARMS) and sorted(cleared) == sorted(ALARMS)
+    raised = [(e["source"], e["alarm"]) for e in seen if e["kind"] == "alarm_raised" and e["source"] != "host"]
+    cleared = [(e["source"], e["alarm"]) for e in seen if e["kind"] == "alarm_cleared" and e["source"] != "host"]
+    assert {alarm for _, alarm in raised} == set(ALARMS) and sorted(raised) == sorted(cleared)
+    # the supervised loops: the paper clip and the cut are each one door_tamper
+    tampers = [e for e in seen if e["kind"] == "alarm_raised" and e["alarm"] == "door_tamper"]
+    assert [(e["source"], e["loop"]) for e in tampers if e["source"] == "locker/armory-3"] == \
+        [("locker/armory-3", "short"), ("locker/armory-3", "cut")]
+    assert [e["loop"] for e in tampers if e["source"] == "locker/armory-4"] == ["short"]  # single EOL: cut reads open
     stopped = next(e for e in seen if e["kind"] == "generator_stopped")
     assert stopped["run_s"] == pytest.approx(37 / speed, abs=1.5)
 

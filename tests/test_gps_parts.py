@@ -113,6 +113,17 @@ def test_decode_prints_a_table_of_epochs():
     assert lines[0].split() == ["time", "fix", "lat", "lon", "alt_m", "sats", "speed_mps", "course_deg"]
     assert lines[1].split()[:5] == ["2007-12-23T19:32:21.000Z", "3d", "20.6287983", "-87.06808", "-30.4"]
     assert "7 epochs, 7 with a fix" in result.stderr
+    # its first GGA comes before the RMC that dates that same instant: every epoch is shown
+    assert "before the first date" not in result.stderr
+
+
+def test_decode_counts_the_instants_before_the_first_date_that_no_row_shows():
+    # beidou-bd: void RMCs (status V) at 07:41:50-55 date nothing; the first valid RMC, 07:41:56, does
+    result = boxtel("gps", "decode", str(CAPTURES / "beidou-bd.log"))
+    assert "; 6 epochs before the first date (RMC/ZDA) not shown" in result.stderr
+    assert "07:41:56" in result.stdout and "07:41:55" not in result.stdout
+    result = boxtel("gps", "decode", str(CAPTURES / "ericsson-gru04.log"))
+    assert "; 1 epoch before the first date" in result.stderr  # one epoch, not "1 epochs"
 
 
 def test_decode_json_matches_the_expected_fixes():
@@ -147,12 +158,12 @@ def test_decode_of_endless_input_without_sentences_stops_with_exit_65(tmp_path):
     stop = threading.Event()
 
     def noise() -> None:
-        with open(fifo, "wb") as writer:
-            while not stop.is_set():
-                try:
+        try:  # the reader quits mid-stream: the write or the closing flush meets a broken pipe
+            with open(fifo, "wb") as writer:
+                while not stop.is_set():
                     writer.write(bytes(range(128, 256)) * 64 + b"\r\n")
-                except BrokenPipeError:
-                    return
+        except BrokenPipeError:
+            return
 
     writer = threading.Thread(target=noise, daemon=True)
     writer.start()

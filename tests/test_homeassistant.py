@@ -4,6 +4,8 @@ with Jinja2 (HA's template engine) against the agreed payloads, and a real agent
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime
 
 import jinja2
 import pytest
@@ -38,6 +40,9 @@ SENSOR_UNITS = {
     "duration": {"d", "h", "min", "s", "ms"}, "temperature": {"°C", "°F", "K"}, "data_size": {"B", "kB", "MB", "GB", "KiB", "MiB", "GiB"},
     "speed": {"m/s", "km/h", "kn", "mph"}, "distance": {"m", "km", "ft", "mi"},
     "volume_flow_rate": {"L/min", "L/h", "m³/h", "gal/min"}, "water": {"L", "m³", "gal"}, "enum": {None},
+    "timestamp": {None},
+    "volume_storage": {"L", "mL", "m³", "gal"}, "voltage": {"V", "mV"}, "power": {"W", "kW"},
+    "pressure": {"Pa", "hPa", "kPa", "bar", "mbar", "psi"},
 }
 STATE_CLASSES = {"measurement", "total", "total_increasing"}
 SOURCE_TYPES = {"gps", "router", "bluetooth", "bluetooth_le"}
@@ -65,14 +70,26 @@ ALL_ENTITIES = (
 )
 
 
+def _ha_environment() -> jinja2.Environment:
+    """Jinja2 with the two Home Assistant template functions our templates use, as HA documents them:
+    as_timestamp(ISO string) -> UNIX seconds; timestamp_utc(seconds) -> ISO 8601 with +00:00."""
+    env = jinja2.Environment()
+    env.globals["as_timestamp"] = lambda text: datetime.fromisoformat(text).timestamp()
+    env.filters["timestamp_utc"] = lambda seconds: datetime.fromtimestamp(seconds, UTC).isoformat()
+    return env
+
+
 def render(template: str, payload: dict) -> str:
-    return jinja2.Environment().from_string(template).render(value_json=payload).strip()
+    return _ha_environment().from_string(template).render(value_json=payload).strip()
 
 
 def check_documented(component: str, config: dict) -> None:
     """Every key is one HA documents for the component; the required ones are there and consistent."""
     assert not set(config) - COMMON_KEYS - COMPONENT_KEYS[component], config
     assert not set(config["device"]) - DEVICE_KEYS
+    assert config["origin"]["name"] == "boxtel" and config["origin"]["sw_version"] and config["origin"]["support_url"]
+    if config.get("device_class") == "timestamp":
+        assert "state_class" not in config and "unit_of_measurement" not in config
     assert config["device"]["identifiers"] and config["unique_id"]
     assert all(set(a) <= AVAILABILITY_KEYS and a["topic"] for a in config["availability"])
     if component == "device_tracker":
@@ -178,11 +195,14 @@ def test_agent_announces_its_entities_retained_after_its_birth(broker, make_conf
                                   "homeassistant": {"enabled": True, "discovery_prefix": "ha"}})
     agent = run_agent(config)
     sub = subscribe(["ha/#", "boxtel/#"])
-    wait_until(lambda: len(sub.on("ha/#")) >= len(agent_entities(BOX)) + len(driver_entities(BOX, "host", "health")),
+    def announced(subscriber) -> list:
+        return [m for m in subscriber.on("ha/#") if m.raw]  # not the first start's take-backs of retired keys
+
+    wait_until(lambda: len(announced(sub)) >= len(agent_entities(BOX)) + len(driver_entities(BOX, "host", "health")),
                what="every discovery config")
     health = sub.wait_for("boxtel/test-001/health", lambda p: "cpu_pct" in p)
     late = subscribe(["ha/#"])  # retained: Home Assistant starting later still finds them
-    wait_until(lambda: len(late.on("ha/#")) == len(sub.on("ha/#")), what="retained configs")
+    wait_until(lambda: len(late.on("ha/#")) == len(announced(sub)), what="retained configs")
     for message in late.on("ha/#"):
         assert message.retain
         component = message.topic.split("/")[1]
@@ -207,14 +227,136 @@ def test_a_broker_refusing_discovery_is_reported_and_the_agent_carries_on(make_b
 def test_the_documented_acl_lets_a_box_announce_only_itself(make_broker, make_config, run_agent):
     from tests.support import Subscriber
 
-    acl = "pattern readwrite boxtel/%u/#\npattern write homeassistant/+/%u/+/config\n" \
-          "user homeassistant\ntopic read boxtel/#\ntopic readwrite homeassistant/#\n"
-    broker = make_broker(acl=acl)
+    broker = make_broker(acl=documented_acl())
     ha = Subscriber(broker.port, "homeassistant/#", username="homeassistant")
     try:
         agent = run_agent(make_config(broker, {"homeassistant": {"enabled": True}}))
-        wait_until(lambda: len(ha.on("homeassistant/#")) == len(agent_entities(BOX)), what="the agent's configs")
+        wait_until(lambda: len([m for m in ha.on("homeassistant/#") if m.raw]) == len(agent_entities(BOX)),
+                   what="the agent's configs")
         assert {m.topic.split("/")[2] for m in ha.on("homeassistant/#")} == {"test-001"}
         assert "refused" not in agent.log()
     finally:
         ha.close()
+
+
+# -- ids, device, expiry -------------------------------------------------------------------------------
+def _load(make_config, extra: dict):
+    from agent.config import load
+
+    return load(make_config(None, extra))
+
+
+def test_lockers_that_clean_to_one_name_stay_two_entities(make_config):
+    from agent.homeassistant import discovery_messages
+
+    lockers = [{"name": name, "door": {"pin": pin}} for name, pin in (("armory.1", 17), ("armory_1", 27))]
+    config = _load(make_config, {"simulate": True, "homeassistant": {"enabled": True}, "locker": lockers})
+    messages = discovery_messages(config, "0.1.0", hardware=(None, None))
+    doors = {t: json.loads(p) for t, p in messages if json.loads(p)["name"].endswith(" door")}
+    assert len(doors) == 2 and len({c["unique_id"] for c in doors.values()}) == 2
+    assert {c["state_topic"] for c in doors.values()} == {"boxtel/test-001/locker/armory.1",
+                                                          "boxtel/test-001/locker/armory_1"}
+    # the clean name keeps its id (HA keeps its history); the cleaned one carries a hash of the original
+    assert "homeassistant/binary_sensor/test-001/locker_armory_1_door/config" in doors
+    hashed = next(t for t, c in doors.items() if c["state_topic"].endswith("armory.1"))
+    assert re.fullmatch(r"homeassistant/binary_sensor/test-001/locker_armory_1_door_[0-9a-f]{6}/config", hashed)
+    assert len({t for t, _ in messages}) == len(messages)  # injective over every entity of the box
+
+
+def test_a_box_id_home_assistant_cannot_name_is_a_config_error(make_config):
+    from agent.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        _load(make_config, {"box": {"id": "pib.017"}, "homeassistant": {"enabled": True}})
+    assert caught.value.key == "box.id" and "pib.017" in str(caught.value)
+    assert _load(make_config, {"box": {"id": "pib.017"}}).box.id == "pib.017"  # fine without HA
+
+
+def test_device_carries_site_pi_model_and_serial_where_readable(tmp_path, make_config):
+    from agent.homeassistant import discovery_messages, read_pi_model, read_pi_serial
+
+    (tmp_path / "model").write_bytes(b"Raspberry Pi 4 Model B Rev 1.4\x00")
+    (tmp_path / "serial-number").write_bytes(b"10000000abcdef01\x00")
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nHardware\t: BCM2835\nSerial\t\t: 10000000deadbeef\n")
+    (tmp_path / "zeros").write_bytes(b"0000000000000000\x00")
+    assert read_pi_model((str(tmp_path / "missing"), str(tmp_path / "model"))) == "Raspberry Pi 4 Model B Rev 1.4"
+    assert read_pi_serial((str(tmp_path / "serial-number"),)) == "10000000abcdef01"
+    assert read_pi_serial((str(tmp_path / "zeros"), str(tmp_path / "cpuinfo"))) == "10000000deadbeef"
+    assert read_pi_model((str(tmp_path / "missing"),)) is None and read_pi_serial((str(tmp_path / "model"),)) is not None
+
+    config = _load(make_config, {"homeassistant": {"enabled": True}})
+    device = json.loads(discovery_messages(config, "0.1.0", hardware=("Raspberry Pi 4", "10000000abcdef01"))[0][1])["device"]
+    assert (device["suggested_area"], device["hw_version"], device["serial_number"]) == \
+        ("Testville", "Raspberry Pi 4", "10000000abcdef01")
+    bare = json.loads(discovery_messages(_load(make_config, {"box": {"site": ""}, "homeassistant": {"enabled": True}}),
+                                         "0.1.0", hardware=(None, None))[0][1])["device"]
+    assert not {"suggested_area", "hw_version", "serial_number"} & set(bare)
+
+
+def test_state_sensors_expire_after_two_max_intervals_of_their_stream(make_config):
+    from agent.homeassistant import discovery_messages
+
+    config = _load(make_config, {"simulate": True, "homeassistant": {"enabled": True},
+                                 "host": {"max_interval_s": 120.0},
+                                 "generator": {"running": {"pin": 17}, "max_interval_s": 45.5},
+                                 "gps": {"port": "/dev/null"}})
+    configs = [json.loads(p) for _, p in discovery_messages(config, "0.1.0", hardware=(None, None))]
+    expiry = {c["state_topic"].rsplit("/", 1)[1]: c.get("expire_after") for c in configs if "state_topic" in c}
+    assert expiry == {"health": 240, "generator": 91, "gps": 600}  # gps: the default max interval, 300 s
+    assert all("expire_after" in c for c in configs if "state_topic" in c)
+    tracker = next(c for c in configs if "state_topic" not in c)
+    assert "expire_after" not in tracker  # HA's device_tracker has no such key
+    without_host = [json.loads(p) for _, p in discovery_messages(
+        _load(make_config, {"homeassistant": {"enabled": True}}), "0.1.0", hardware=(None, None))]
+    assert {c["expire_after"] for c in without_host} == {600}  # the agent's own health: default 300 s
+
+
+def test_last_boot_is_a_timestamp_from_the_clock_and_uptime():
+    config = by_key("last_boot")
+    assert config["device_class"] == "timestamp"
+    payload = {**PAYLOADS["health"], "ts": "2026-11-24T18:58:02.123Z", "uptime_s": 3600}
+    assert render(config["value_template"], payload) == "2026-11-24T17:58:00+00:00"
+    later = {**payload, "ts": "2026-11-24T19:58:02.911Z", "uptime_s": 7201}  # to the minute: the same boot
+    assert render(config["value_template"], later) == "2026-11-24T17:58:00+00:00"
+    assert render(config["value_template"], {"ts": "2026-11-24T18:58:02.123Z", "uptime_s": None}) == "None"
+
+
+def documented_acl() -> str:
+    """The mosquitto ACL file exactly as docs/mqtt.md gives it."""
+    from tests.support import ROOT
+
+    text = (ROOT / "docs" / "mqtt.md").read_text()
+    return re.search(r"`/etc/mosquitto/acl`:\n\n```\n(.*?)```", text, re.S).group(1)
+
+
+def test_the_birth_topic_is_home_assistants_own_setting_not_the_discovery_prefix(make_config):
+    from agent.errors import ConfigError
+    from agent.homeassistant import Announcer
+
+    config = _load(make_config, {"homeassistant": {"enabled": True, "discovery_prefix": "ha"}})
+    assert Announcer(config, "0.1.0").ha_status_topic == "homeassistant/status"  # HA's default for both
+    config = _load(make_config, {"homeassistant": {"enabled": True, "birth_topic": "hass/birth"}})
+    assert Announcer(config, "0.1.0").ha_status_topic == "hass/birth"
+    with pytest.raises(ConfigError) as caught:
+        _load(make_config, {"homeassistant": {"enabled": True, "birth_topic": "hass/#"}})
+    assert caught.value.key == "homeassistant.birth_topic"
+
+
+def test_a_modbus_generator_announces_the_controller_fields_and_the_tank_its_litres():
+    from drivers.generator import GeneratorConfig
+    from drivers.gpio import InputConfig
+
+    modbus = GeneratorConfig(source="modbus", controller="dse", device="/dev/ttyUSB0", tank_litres=500.0)
+    keys = {e.key for e in driver_entities(BOX, "generator", "generator", modbus)}
+    assert {"generator_fuel_pct", "generator_fuel_l", "generator_fuel_lph", "generator_hours_to_empty",
+            "generator_battery_v", "generator_rpm", "generator_engine_state", "generator_load_kw",
+            "generator_oil_kpa", "generator_coolant_c"} <= keys
+    payload = {"running": True, "fuel_pct": 63, "fuel_l": 315.0, "fuel_lph": 4.2, "hours_to_empty": 75.0,
+               "battery_v": 27.4, "rpm": 1500, "engine_state": "running", "load_kw": 12.5, "oil_kpa": None}
+    entities = {e.key: e for e in driver_entities(BOX, "generator", "generator", modbus)}
+    assert render(entities["generator_rpm"].options["value_template"], payload) == "1500"
+    assert render(entities["generator_fuel_l"].options["value_template"], payload) == "315.0"
+    assert render(entities["generator_oil_kpa"].options["value_template"], payload) == "None"  # unknown in HA
+    gpio = GeneratorConfig(running=InputConfig(pin=17))
+    keys = {e.key for e in driver_entities(BOX, "generator", "generator", gpio)}
+    assert not keys & {"generator_rpm", "generator_fuel_l", "generator_battery_v"}

@@ -20,3 +20,11 @@ def test_make_demo_and_make_test_are_the_first_commands():
 def test_the_command_table_lists_every_command():
     listed = set(re.findall(r"^\| `boxtel ([a-z-]+)", README, flags=re.M))
     assert listed == set(COMMANDS)
+
+
+def test_the_readme_points_the_diagnostics_at_the_demo():
+    import tomllib
+
+    port = tomllib.loads((ROOT / "config" / "simulate.toml").read_text())["mqtt"]["port"]
+    assert "boxtel status -c config/simulate.toml" in README
+    assert f"boxtel fleet --broker mqtt://127.0.0.1:{port}" in README and "make demo RAW=1" in README

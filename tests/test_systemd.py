@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -262,8 +263,12 @@ def test_make_install_and_uninstall_are_idempotent_and_keep_config_and_data(tmp_
     config = root / "etc/boxtel/agent.toml"
     assert config.read_text() == (ROOT / "config/agent.example.toml").read_text()
     assert config.stat().st_mode & 0o777 == 0o640
-    version = subprocess.run([root / "opt/boxtel/bin/boxtel", "--version"], capture_output=True, text=True)
-    assert version.stdout.startswith("boxtel ")
+    # The staged tree names /opt/boxtel, not the staging root: it works once copied to / (a package build).
+    script = root / "opt/boxtel/bin/boxtel"
+    assert script.read_text().splitlines()[0] in ("#!/opt/boxtel/bin/python", "#!/opt/boxtel/bin/python3")
+    assert not subprocess.run(["grep", "-rlF", str(root), str(root / "opt/boxtel")], capture_output=True).stdout
+    version = _at_prefix(root, "/opt/boxtel/bin/boxtel", "--version")
+    assert version.returncode == 0 and version.stdout.startswith("boxtel "), version.stderr
 
     # A second install upgrades the code and never overwrites the operator's config.
     config.write_text("# edited on site\n")
@@ -274,15 +279,34 @@ def test_make_install_and_uninstall_are_idempotent_and_keep_config_and_data(tmp_
     state = root / "var/lib/boxtel"
     state.mkdir(parents=True)
     (state / "outbox.db").write_bytes(b"events not yet delivered")
+    reports = []
     for _ in range(2):
-        _make("uninstall", root)
+        reports.append(_make("uninstall", root).stdout)
         assert not unit.exists() and not (root / "opt/boxtel").exists()
         assert not (root / "etc/sysusers.d/boxtel.conf").exists()
         assert config.read_text() == "# edited on site\n"
         assert (state / "outbox.db").exists()
+    # each run says what it removed and what it kept, and only what was there
+    assert f"removed {unit}" in reports[0] and f"removed {root}/opt/boxtel" in reports[0]
+    assert "removed" not in reports[1] and "nothing to remove" in reports[1]
+    assert all(f"kept {state}" in report and f"kept {config.parent}" in report for report in reports)
 
-    _make("uninstall", root, "PURGE=1")
+    purged = _make("uninstall", root, "PURGE=1").stdout
     assert not config.parent.exists() and not state.exists()
+    assert f"removed {config.parent}" in purged and f"removed {state}" in purged and "kept" not in purged
+    again = _make("uninstall", root, "PURGE=1").stdout
+    assert "removed" not in again and "nothing to remove" in again
+
+
+def _at_prefix(root: Path, *command: str) -> subprocess.CompletedProcess:
+    """Run `command` with the staged /opt/boxtel mounted at /opt/boxtel, in a private mount namespace
+    (a tmpfs over /opt that nothing outside this process sees)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:  # then at least: the staged venv runs it
+        python, script = root / "opt/boxtel/bin/python", root / command[0].lstrip("/")
+        return subprocess.run([str(python), str(script), *command[1:]], capture_output=True, text=True, timeout=60)
+    mount = f"mount -t tmpfs tmpfs /opt && mkdir /opt/boxtel && mount --bind {root}/opt/boxtel /opt/boxtel"
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", f'{mount} && exec "$@"',
+                           "sh", *command], capture_output=True, text=True, timeout=60)
 
 
 # -- logging to journald -------------------------------------------------------------------------------

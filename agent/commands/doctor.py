@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-HELP = "self-test: config, serial, GPIO, broker, TLS, login, clock, disk, power, systemd (exit 0/1/2)"
+HELP = "self-test: config, serial/gpsd, GPIO, broker, TLS, login, clock, chrony, disk, power, systemd (exit 0/1/2)"
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 _EXIT = {OK: 0, WARN: 1, FAIL: 2}
@@ -37,6 +37,9 @@ SERIAL_TIMEOUT_S = 3.0  # a receiver talks at least once a second
 CERT_WARN_DAYS = 14  # renewals usually run at 30 days left; 14 means they have stopped
 MIN_FREE_MB = 10.0
 SERVICE = "boxtel.service"
+# What really sets the system clock on a box without an RTC (a GPS fix alone stamps only the agent's data)
+CLOCK_ADVICE = ("NTP (timedatectl set-ntp true) when the link allows, or GPS through chrony "
+                "([gps] chrony_socket and chrony's refclock line, docs/deploy.md, 9.)")
 _GPIO_SECTIONS = ("generator", "water", "locker")
 _PRELOAD = (
     "agent.config", "agent.control", "agent.clock", "agent.outbox", "agent.publisher", "drivers.host", "drivers.gps",
@@ -196,6 +199,9 @@ def check_serial(ctx: Context) -> list[Result]:
         return []
     results = []
     for gps in ctx.config.driver_configs("gps"):
+        if getattr(gps, "source", "serial") == "gpsd":
+            results.append(_gpsd(gps.gpsd, gps.stale_after_s))
+            continue
         port, baud = gps.port, getattr(gps, "baud", 9600)
         if ctx.agent is not None and "gps" in ctx.agent.get("drivers", {}):
             results.append(_serial_through_agent(ctx, port))
@@ -214,6 +220,34 @@ def check_serial(ctx: Context) -> list[Result]:
         results.append(Result(OK if ok else FAIL, "serial", f"{port}: {why}",
                               "check the wiring (receiver TX to Pi RX), its power, and gps.baud"))
     return results
+
+
+def _gpsd(address: str, stale_after_s: float) -> Result:
+    """gpsd answers and relays the receiver: what the agent's gpsd source needs."""
+    from drivers.gps import nmea
+    from drivers.gps.gpsd_source import GpsdSource
+
+    source = GpsdSource(address, stale_after_s, nmea.new_stats())
+    try:
+        source.open()
+    except OSError as err:
+        return Result(FAIL, "gpsd", f"cannot connect to gpsd at {address}: {err.strerror or err}",
+                      "systemctl status gpsd (gpsd.socket listens on 127.0.0.1:2947); or fix gps.gpsd")
+    try:
+        deadline = time.monotonic() + SERIAL_TIMEOUT_S
+        fixes = []
+        while time.monotonic() < deadline and not fixes:
+            fixes = source.read().fixes
+    except OSError as err:
+        return Result(FAIL, "gpsd", f"gpsd at {address} hung up: {err}", "journalctl -u gpsd")
+    finally:
+        source.close()
+    if not fixes:
+        return Result(FAIL, "gpsd", f"gpsd at {address} answers but relays no receiver reports",
+                      "check DEVICES in /etc/default/gpsd, the receiver's power and wiring (gpsmon shows it)")
+    fix = fixes[-1]
+    return Result(OK, "gpsd", f"gpsd at {address} relays {source.device or 'a receiver'}: fix {fix.fix}"
+                  + (f", {fix.sats} satellites used" if fix.sats is not None else ""))
 
 
 def _serial_through_agent(ctx: Context, port: str) -> Result:
@@ -237,7 +271,9 @@ def check_gpio(ctx: Context) -> list[Result]:
     if ctx.config is None:
         return []
     name = ctx.config.gpio.pin_factory
-    inputs = [s for s in _GPIO_SECTIONS if ctx.config.driver_configs(s)]
+    # a generator read over Modbus has no GPIO inputs
+    inputs = [s for s in _GPIO_SECTIONS
+              if any(getattr(c, "source", "gpio") == "gpio" for c in ctx.config.driver_configs(s))]
     if ctx.config.simulate or name == "mock":
         return [Result(OK, "gpio", "gpiozero MockFactory (simulated pins)")]
     if not inputs and not name:
@@ -255,6 +291,81 @@ def check_gpio(ctx: Context) -> list[Result]:
         return [Result(WARN, "gpio", f"only gpiozero's {kind} works (no edge timestamps, polls)",
                        "apt install python3-lgpio")]
     return [Result(OK, "gpio", f"{kind} for {', '.join(inputs) or 'configured pins'}")]
+
+
+def check_door_loops(ctx: Context) -> list[Result]:
+    """Each supervised door loop reads a sound band (closed, or open on a double-EOL loop); when not, the
+    line names the wire or resistor to check. Read through the running agent (it holds the SPI bus),
+    else straight from the ADC."""
+    from agent import control
+    from agent.errors import UnavailableError
+
+    if ctx.config is None:
+        return []
+    loops = [(locker.name, locker.door) for locker in ctx.config.driver_configs("locker")
+             if hasattr(locker.door, "plan")]
+    if not loops:
+        return []
+    if ctx.agent is not None:
+        try:
+            rows = control.request(ctx.socket_path, "pins", timeout_s=NETWORK_TIMEOUT_S)["pins"]
+        except UnavailableError as err:
+            return [Result(WARN, "door loop", f"the running agent did not answer: {err}")]
+        raws = {row.get("input"): row.get("raw") for row in rows}
+        return [loop_verdict(name, loop, raws.get(f"locker/{name} door")) for name, loop in loops]
+    if ctx.config.simulate or ctx.config.gpio.pin_factory == "mock":
+        return [Result(OK, "door loop", "simulated: start the agent to read its loops")]
+    return [loop_verdict(name, loop, read_adc(ctx.config.gpio.pin_factory, loop)) for name, loop in loops]
+
+
+def loop_verdict(name: str, loop: Any, raw: int | None) -> Result:
+    """What one loop's reading says, and which part to check when it is not sound."""
+    where = f"locker {name}: {loop.chip} channel {loop.channel}"
+    ohm = {key: f"{getattr(loop, key):g} Ω" for key in ("r_eol_ohm", "r_alarm_ohm", "r_pullup_ohm")}
+    if raw is None:
+        return Result(FAIL, "door loop", f"{where} cannot be read",
+                      "enable SPI (dtparam=spi=on) and check the ADC's wiring to GPIO 8-11 and its 3.3 V")
+    plan = loop.plan
+    state = plan.states[plan.classify(raw)]
+    low, high = plan.expected[plan.states.index(state)]
+    detail = f"{where} reads {raw}: {state} (expected {low}-{high})"
+    if state == "short":
+        return Result(FAIL, "door loop", f"{detail}: the pair is bridged",
+                      f"find the short in the cable; r_eol_ohm ({ohm['r_eol_ohm']}) must sit at the door "
+                      "contact, not at the Pi")
+    if state == "cut":
+        return Result(FAIL, "door loop", f"{detail}: open circuit",
+                      f"check the cable, and r_eol_ohm ({ohm['r_eol_ohm']}) at the contact; with the door open "
+                      f"check r_alarm_ohm ({ohm['r_alarm_ohm']}) across the contact too")
+    if state == "open" and loop.eol == "single":
+        return Result(WARN, "door loop", f"{detail}: the door is open or the loop is cut (single EOL cannot tell)",
+                      f"close the door and run doctor again; then check the cable and r_eol_ohm ({ohm['r_eol_ohm']})")
+    if not low <= raw <= high:
+        part = f"r_alarm_ohm ({ohm['r_alarm_ohm']}) across the contact" if state == "open" else \
+            f"r_eol_ohm ({ohm['r_eol_ohm']})"
+        return Result(WARN, "door loop", f"{detail}: outside what its resistors give",
+                      f"check {part} and r_pullup_ohm ({ohm['r_pullup_ohm']}), or set door.bands from "
+                      "`boxtel pins` readings (docs/deploy.md)")
+    return Result(OK, "door loop", detail)
+
+
+def read_adc(factory_name: str, loop: Any) -> int | None:
+    """One raw reading of a loop's ADC channel through gpiozero, or None if it cannot be read."""
+    import gpiozero
+
+    try:
+        factory = make_pin_factory(factory_name)
+        try:
+            device = getattr(gpiozero, loop.chip)(channel=loop.channel, port=loop.spi_port,
+                                                  device=loop.spi_device, pin_factory=factory)
+            try:
+                return int(device.raw_value)
+            finally:
+                device.close()
+        finally:
+            factory.close()
+    except Exception:  # noqa: BLE001 - gpiozero raises many kinds; each means "cannot read"
+        return None
 
 
 def check_broker_name(ctx: Context) -> list[Result]:
@@ -377,14 +488,62 @@ def check_clock(ctx: Context) -> list[Result]:
     from agent.clock import iso_ms, kernel_clock_synchronised
 
     if kernel_clock_synchronised():
-        return [Result(OK, "clock", "system clock synchronised (NTP)")]
+        return [Result(OK, "clock", "system clock synchronised (by NTP, or by chrony from GPS)")]
+    fed = ctx.config is not None and any(getattr(g, "chrony_socket", "") for g in ctx.config.driver_configs("gps"))
+    # A GPS fix alone sets only the agent's own timestamps; TLS, journald and cron read the system clock,
+    # which follows GPS only through chrony.
+    advice = ("chrony is fed GPS time and has not synchronised the clock yet: see the chrony check" if fed else
+              CLOCK_ADVICE)
     if ctx.agent is not None and ctx.agent.get("clock_source") == "gps":
         offset = ctx.agent.get("clock_offset_s")
-        off = "" if offset is None else f"; system clock {offset:+.1f} s from GPS"
-        return [Result(OK, "clock", f"GPS-disciplined: the agent stamps with GPS time{off}")]
+        off = "" if offset is None else f" ({offset:+.1f} s from GPS)"
+        return [Result(WARN, "clock", f"the agent stamps with GPS time, but the system clock is not "
+                       f"synchronised{off}: TLS, journald and cron run on it", advice)]
     return [Result(WARN, "clock", f"not synchronised and no GPS time: timestamps use the system clock as it is "
-                   f"({iso_ms(time.time())})",
-                   "enable NTP (timedatectl set-ntp true) when the link allows, or get a GPS fix")]
+                   f"({iso_ms(time.time())})", advice)]
+
+
+def check_chrony(ctx: Context) -> list[Result]:
+    """[gps] chrony_socket end to end: chrony listens there, the agent's user may write, chrony gets the
+    samples and selects GPS."""
+    if ctx.config is None:
+        return []
+    return [_chrony(ctx, gps) for gps in ctx.config.driver_configs("gps") if getattr(gps, "chrony_socket", "")]
+
+
+def _chrony(ctx: Context, gps: Any) -> Result:
+    from drivers.gps import chrony
+
+    path, user = gps.chrony_socket, ctx.service_user()
+    line = f"refclock SOCK {path} refid {chrony.REFID} offset 0.1 delay 0.2"
+    if not _is_socket(path):
+        return Result(FAIL, "chrony", f"nothing listens on {path}",
+                      f"add `{line}` to /etc/chrony/conf.d/boxtel-gps.conf and restart chrony (docs/deploy.md, 9.)")
+    if not os.access(path, os.W_OK):
+        return Result(FAIL, "chrony", f"{path} is not writable by {user} ({_owner_text(path)})",
+                      "chrony makes it root's: the chrony.service drop-in of docs/deploy.md, 9. hands it to "
+                      "group boxtel")
+    state, reach, error = chrony.query(gps.chrony_command_socket)
+    health = (ctx.agent or {}).get("health") or {}
+    sent = health.get("gps_chrony_samples")
+    if state is None:
+        return Result(WARN, "chrony", f"{path} is ready; chrony could not be asked whether it uses GPS ({error})",
+                      "chronyc sources: the GPS line should show Reach above 0 and '*'")
+    if state == chrony.NOT_CONFIGURED:
+        return Result(FAIL, "chrony", f"chrony lists no refclock with refid {chrony.REFID}",
+                      f"the chrony.conf line must read `{line}`; restart chrony")
+    if state == chrony.UNREACHABLE:
+        if sent:
+            return Result(FAIL, "chrony", f"the agent sent {sent} samples to {path}, chrony used none (reach 0)",
+                          "the refclock SOCK line must name that very socket; and chrony drops samples of another "
+                          "size: is it built for the same 32/64-bit time_t as this Python?")
+        return Result(WARN, "chrony", "chrony has the GPS refclock but no samples yet",
+                      "the agent sends one per trusted fix: is it running, with a fix (boxtel status)?")
+    if state == chrony.NOT_SELECTED:
+        return Result(WARN, "chrony", f"chrony reaches GPS (reach {reach:o}) but does not use it",
+                      "chronyc sources -v: another source is preferred, or GPS disagrees with it")
+    return Result(OK, "chrony", f"chrony {state} GPS (reach {reach:o})"
+                  + (f"; {sent} samples from the agent" if sent else ""))
 
 
 def check_state_dir(ctx: Context) -> list[Result]:
@@ -467,12 +626,14 @@ CHECKS: list[Callable[[Context], list[Result]]] = [
     check_agent,
     check_serial,
     check_gpio,
+    check_door_loops,
     check_broker_name,
     check_broker_tcp,
     check_client_certificate,
     check_tls,
     check_mqtt_login,
     check_clock,
+    check_chrony,
     check_state_dir,
     check_power,
     check_systemd,
@@ -480,6 +641,15 @@ CHECKS: list[Callable[[Context], list[Result]]] = [
 
 
 # -- helpers -----------------------------------------------------------------------------------------
+def _is_socket(path: str) -> bool:
+    import stat
+
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 def probe_port() -> Callable[[str, Any, float], tuple[bool, str]]:
     """The GPS driver's probe when it is installed, else a small one of the same signature."""
     try:
@@ -548,7 +718,7 @@ def _validity(check: str, path: str, not_before: float, not_after: float, fix: s
     now = time.time()
     if now < not_before:
         return Result(FAIL, check, f"the system clock ({_date(now)}) is before {path} becomes valid "
-                      f"({_date(not_before)})", "set the clock (NTP or a GPS fix): TLS cannot work until then")
+                      f"({_date(not_before)})", f"set the clock: {CLOCK_ADVICE}: TLS cannot work until then")
     if now > not_after:
         return Result(FAIL, check, f"{path} expired on {_date(not_after)} ({_days(now - not_after)} ago)", fix)
     left = not_after - now
@@ -563,7 +733,7 @@ def _verification_failure(err: ssl.SSLCertVerificationError, host: str, ca: str)
                       "mqtt.host must be a name (or IP) the broker's certificate lists")
     if err.verify_code == _CERT_NOT_YET_VALID:
         return Result(FAIL, "tls", "the broker's certificate is not valid yet: the system clock is behind",
-                      "set the clock (NTP or a GPS fix)")
+                      f"set the clock: {CLOCK_ADVICE}")
     if err.verify_code == _CERT_EXPIRED:
         return Result(FAIL, "tls", "the broker's certificate has expired (or the system clock is ahead)",
                       "check the date, then renew the broker's certificate")

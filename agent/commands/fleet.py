@@ -14,7 +14,6 @@ import threading
 
 from agent.errors import UsageError
 from agent.fleet.broker import add_broker_arguments, broker_target
-from agent.fleet.console import FleetConsole, run_json, run_table
 from agent.fleet.model import SETTLE_S
 
 HELP = "live table of every box on the broker (read-only)"
@@ -34,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Here, not at the top: the CLI imports every command's module, `boxtel run` on a box too (RSS).
+    from agent.fleet.console import FleetConsole, run_json, run_table
+
     if args.refresh <= 0 or args.settle < 0 or (args.for_s is not None and args.for_s < 0):
         raise UsageError("--refresh must be > 0, --settle and --for >= 0")
     target = broker_target(args)

@@ -1,5 +1,7 @@
 """`boxtel pins`: every configured GPIO input with its raw level, debounced state and edges per second,
-refreshed live -- for checking wiring with a multimeter in hand. `--once` prints one table (scripts)."""
+refreshed live -- for checking wiring with a multimeter in hand. `--once` prints one table (scripts).
+A supervised door loop shows its ADC channel, raw counts, loop state, and the band of raw counts that
+state is read from, with the band its resistors are expected in (calibration: docs/deploy.md)."""
 
 from __future__ import annotations
 
@@ -47,9 +49,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(rows: list[dict[str, Any]]) -> str:
-    cells = [[title for _, title in _COLUMNS]]
-    cells += [[_cell(key, row.get(key)) for key, _ in _COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(_COLUMNS))]
+    columns = _COLUMNS
+    if any("band" in row for row in rows):  # a supervised loop: the raw counts its state is read from
+        columns = (*_COLUMNS[:4], ("band", "BAND"), *_COLUMNS[4:])
+    cells = [[title for _, title in columns]]
+    cells += [[_cell(key, row.get(key)) for key, _ in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells)
 
 

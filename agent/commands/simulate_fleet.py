@@ -12,10 +12,13 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from agent.errors import UnavailableError, UsageError
 from agent.fleet.broker import add_broker_arguments, broker_target
-from agent.fleet.sim import FleetSim
+
+if TYPE_CHECKING:
+    from agent.fleet.sim import FleetSim
 
 HELP = "simulate N boxes, each its own MQTT client, against a broker"
 
@@ -48,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be from 1 to 64")
     if any(c in args.id_prefix for c in "+#/ \t") or not args.id_prefix:
         raise UsageError("--id-prefix must not be empty nor contain '+', '#', '/' or whitespace")
+    from agent.fleet.sim import FleetSim  # here: the CLI imports every command's module, on a box too
+
     target = broker_target(args)
     _raise_fd_limit(args.boxes)
     sim = FleetSim(target, args.boxes, rate=args.rate, seed=args.seed, id_prefix=args.id_prefix,

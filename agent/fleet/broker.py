@@ -23,6 +23,9 @@ from agent.secretfile import read_secret
 
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _READ_AHEAD_BYTES = 1 << 16
+# The paho minor version BufferedClient's overrides of private methods were checked against (setup.cfg
+# pins it; tests/test_fleet.py fails on another).
+PAHO_TESTED = "2.2"
 
 
 @dataclass
@@ -121,6 +124,9 @@ class BufferedClient(mqtt.Client):
     (bench/fleet.py). Here reads come from a 64 KiB read-ahead, and writes collect until the loop calls
     `flush_writes()` once per round. The loop must drain `read_ahead` before waiting in select() (paho's
     own loop would sleep on a socket whose data already sits here), and flush at the end of each round.
+
+    paho 2.x offers no public hook for its socket I/O, so this overrides its private `_sock_recv` and
+    `_sock_send`: paho is pinned to the minor version they were checked against (PAHO_TESTED).
     """
 
     def __init__(self, *args: Any, **kwargs: Any):

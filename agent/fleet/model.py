@@ -205,6 +205,10 @@ class FleetModel:
         view = self.boxes.get(box_id)
         if view is None:
             view = self.boxes[box_id] = BoxView(box_id)
+        if not payload and (stream in _STATE_FIELDS or stream.startswith("locker/")):
+            self._forget(view, stream)  # the box took back the retained state of a stream it no longer has
+            self.dirty.add(box_id)
+            return box_id
         try:
             data = json.loads(payload)
         except ValueError:
@@ -328,6 +332,14 @@ class FleetModel:
         by_source[stream] = alarms
         view.alarms = tuple(sorted({str(a) for names in by_source.values() for a in names}))
 
+    def _forget(self, view: BoxView, stream: str) -> None:
+        self._alarms(view, stream, [])
+        if stream.startswith("locker/"):
+            if view.doors:
+                view.doors.pop(stream[7:], None)
+        else:
+            setattr(view, _STATE_FIELDS[stream], None)
+
     def _health(self, view: BoxView, data: dict) -> None:
         depth = data.get("outbox_depth")
         view.outbox_depth = depth if type(depth) is int else None
@@ -340,6 +352,7 @@ class FleetModel:
         view.clock_source = source if isinstance(source, str) else None
 
 
+_STATE_FIELDS = {"gps": "gps", "generator": "generator", "water": "water"}  # stream -> BoxView field
 _GPS_FIELDS = ("fix", "lat", "lon", "sats", "speed_mps", "home_distance_m", "ts")
 _GENERATOR_FIELDS = ("running", "fuel_pct", "run_hours", "fault", "faults")
 _WATER_FIELDS = ("tank_pct", "tank_level", "flow_lpm", "total_l", "pump", "leak")

@@ -7,53 +7,21 @@ differs from what the last run saw, the missed edge is reported with `at_start: 
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from agent.schema import SettingError, setting
-from drivers.gpio import (
-    AdcConfig,
-    AnalogInput,
-    GpioDriver,
-    GpioDriverSettings,
-    InputConfig,
-    adc_claims,
-    input_claims,
-)
-
-_FAULT_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
+from drivers.generator import FAIL_TO_START, GeneratorDriver
+from drivers.generator.config import GeneratorConfig
+from drivers.generator.fuel import FUEL_DROP, FuelAccount
+from drivers.gpio import AnalogInput, GpioDriver, adc_claims, input_claims
 
 
-@dataclass(kw_only=True)
-class GeneratorConfig(GpioDriverSettings):
-    running: InputConfig = setting(doc="input active while the generator runs (e.g. a relay on its output)")
-    faults: dict[str, InputConfig] = setting({}, doc="named fault inputs, each raising generator_fault:<name>")
-    fuel: AdcConfig | None = setting(None, doc="fuel level sender on an ADC channel; absent: fuel_pct is null")
-    fuel_low_pct: float = setting(20.0, min=0.0, max=100.0, doc="fuel_low is raised at or below this")
-    fuel_low_clear_pct: float = setting(25.0, min=0.0, max=100.0, doc="and cleared at or above this (hysteresis)")
-    deadband: dict[str, float] = setting({"fuel_pct": 2.0, "run_hours": 1.0}, min=0.0,
-                                         inf_ok=True, keys=("fuel_pct", "run_hours"), doc="per field: a smaller change is no change")
-
-    def validate(self) -> None:
-        GpioDriverSettings.validate(self)
-        for name in self.faults:
-            if not _FAULT_NAME.match(name):
-                raise SettingError(f"faults.{name}", "fault names are 1-32 of a-z, 0-9 and _ (e.g. low_oil)")
-        if self.fuel_low_clear_pct < self.fuel_low_pct:
-            raise SettingError("fuel_low_clear_pct", "must not be below fuel_low_pct")
-
-
-class GeneratorDriver(GpioDriver):
-    section = "generator"
-    Config = GeneratorConfig
-    simulator = "drivers.gpio_sim:GeneratorSimulator"
-    alarm_prefixes = ("fuel_low", "generator_fault")
+class GpioGenerator(GeneratorDriver, GpioDriver):
+    alarm_prefixes = ("fuel_low", "generator_fault", FUEL_DROP, FAIL_TO_START)
 
     @classmethod
-    def claims(cls, config: GeneratorConfig, key: str) -> list[tuple[str, str]]:
-        claims = input_claims(key, {"running": config.running})
+    def gpio_claims(cls, config: GeneratorConfig, key: str) -> list[tuple[str, str]]:
+        claims = input_claims(key, {"running": config.running, "cranking": config.cranking})
         claims += input_claims(f"{key}.faults", config.faults)
         if config.fuel is not None:
             claims += adc_claims(f"{key}.fuel", config.fuel)
@@ -61,6 +29,8 @@ class GeneratorDriver(GpioDriver):
 
     def open(self, factory: Any) -> None:
         self.add_input("running", self.config.running)
+        if self.config.cranking is not None:
+            self.add_input("cranking", self.config.cranking, label="generator cranking")
         for name, fault in self.config.faults.items():
             self.add_input(f"fault:{name}", fault, label=f"generator fault {name}")
         self.fuel = None
@@ -73,7 +43,9 @@ class GeneratorDriver(GpioDriver):
         self.run_s = float(self.saved.get("run_s", 0.0))
         self._accounted_at = now
         self.fuel_pct: float | None = None
-        self._fuel_low = self.fuel is not None and "fuel_low" in self.ctx.active_alarms()  # hysteresis survives
+        active = self.ctx.active_alarms() if self.fuel is not None else {}
+        self.fuel_account = FuelAccount(self.config, alarm=self.alarm, event=self.ctx.event, active=active,
+                                        saved=self.saved)
         self._fuel_at = now
         running = self.inputs["running"].active
         was_running = self.saved.get("running")
@@ -86,6 +58,9 @@ class GeneratorDriver(GpioDriver):
         elif was_running is None:
             self.run_s = 0.0
         self._sample_fuel(now)
+        self._crank_at: float | None = None
+        if running or "cranking" not in self.inputs:
+            self.alarm(FAIL_TO_START, False)  # a start that did run, or no starter input any more
         for name in self.config.faults:
             self.alarm(f"generator_fault:{name}", self.inputs[f"fault:{name}"].active, at_start=True)
         self.ctx.reading(self.values(), force=True)
@@ -93,19 +68,32 @@ class GeneratorDriver(GpioDriver):
     def on_change(self, name: str, active: bool, mono: float) -> None:
         if name == "running":
             self._account(mono)
+            self.fuel_account.set_running(mono, active, self.values)
             if active:
+                self._crank_at = None
+                self.alarm(FAIL_TO_START, False, mono=mono, state=self.values())
                 self.run_s = 0.0
                 self.ctx.event("generator_started", mono=mono)
             else:
                 self.ctx.event("generator_stopped", mono=mono, run_s=round(self.run_s))
+        elif name == "cranking":
+            if active and not self.inputs["running"].active and self._crank_at is None:
+                self._crank_at = mono  # a start: it must reach running within fail_to_start_s
         else:
             fault = name.split(":", 1)[1]
             if self.alarm(f"generator_fault:{fault}", active, mono=mono, state=self.values(), input=fault):
                 return  # the alarm already re-sent the state
         self.ctx.reading(self.values(), force=True, mono=mono)
 
+    def timer(self) -> float | None:
+        crank_at = getattr(self, "_crank_at", None)
+        return None if crank_at is None else crank_at + self.config.fail_to_start_s
+
     def tick(self, now: float) -> None:
         self._account(now)
+        if self._crank_at is not None and now - self._crank_at >= self.config.fail_to_start_s:
+            self.alarm(FAIL_TO_START, True, state=self.values(), cranked_at_s=round(now - self._crank_at))
+            self._crank_at = None  # raised until the set runs
         if self.fuel is not None and now - self._fuel_at >= self.config.fuel.interval_s:
             self._fuel_at = now
             self._sample_fuel(now)
@@ -122,33 +110,32 @@ class GeneratorDriver(GpioDriver):
         if self.fuel is None:
             return
         self.fuel_pct = self.fuel.read_pct(self.ctx)
-        if self.fuel_pct is None:
-            return
-        if self.fuel_pct <= self.config.fuel_low_pct:
-            self._fuel_low = True
-        elif self.fuel_pct >= self.config.fuel_low_clear_pct:
-            self._fuel_low = False
-        self.alarm("fuel_low", self._fuel_low, severity="warning", state=self.values(), fuel_pct=self.fuel_pct,
-                   threshold_pct=self.config.fuel_low_pct)
+        self.fuel_account.update(now, self.fuel_pct, self.inputs["running"].active, self.values)
 
     def values(self) -> dict[str, Any]:
-        faults = sorted(name.split(":", 1)[1] for name, i in self.inputs.items() if name != "running" and i.active)
-        return {
+        faults = sorted(name.split(":", 1)[1] for name, i in self.inputs.items() if name.startswith("fault:") and i.active)
+        values = {
             "running": self.inputs["running"].active,
             "fuel_pct": self.fuel_pct,
             "run_hours": round(self.run_hours, 3),
             "fault": bool(faults),
             "faults": faults,
         }
+        if self.config.tank_litres is not None:
+            values.update(self.fuel_account.values())
+        return values
 
     def persistent(self) -> dict[str, Any]:
         if hasattr(self, "_accounted_at"):
             self._account(time.monotonic())
-        return {"running": self.inputs["running"].active, "run_hours": self.run_hours, "run_s": self.run_s}
+        fuel = self.fuel_account.persistent() if hasattr(self, "fuel_account") else {}
+        return {"running": self.inputs["running"].active, "run_hours": self.run_hours, "run_s": self.run_s, **fuel}
 
     def input_state(self, name: str, active: bool) -> str:
         if name == "running":
             return "running" if active else "stopped"
+        if name == "cranking":
+            return "cranking" if active else "idle"
         return "fault" if active else "ok"
 
     def health(self) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from agent.schema import SettingError, setting
 from agent.throttle import StreamSettings
 from drivers.base import Driver
 from drivers.gps import nmea
+from drivers.gps.chrony import ChronyFeed, ChronySources
+from drivers.gps.gpsd_source import GpsdSource, parse_address
 from drivers.gps.integrity import IntegrityMonitor, IntegrityVerdict
 from drivers.gps.serial_source import AUTO, BAUDS, SerialSource, first_line
 from drivers.gps.source import Source
@@ -33,11 +35,22 @@ CONNECTED, DISCONNECTED, STALE = "connected", "disconnected", "stale"
 MOVED = "container_moved"
 INTERFERENCE = "gnss_interference"
 STATE_HOME = "home"
+SERIAL, GPSD = "serial", "gpsd"
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with its NUL
 
 
 @dataclass(kw_only=True)
 class GpsConfig(StreamSettings):
+    source: str = setting(SERIAL, choices=(SERIAL, GPSD),
+                          doc='"serial": read the receiver on `port`; "gpsd": ask gpsd, which owns it')
     port: str = setting("/dev/serial0", path=True, doc="serial device of the receiver (/dev/ttyUSB0, /dev/ttyACM0, ...)")
+    gpsd: str = setting("127.0.0.1:2947", doc='gpsd\'s address (host:port), with source = "gpsd"')
+    chrony_socket: str = setting(
+        "", path=True, doc='feed GPS time to chrony\'s `refclock SOCK` here (e.g. "/run/chrony.boxtel.sock"); "": off'
+    )
+    chrony_command_socket: str = setting(
+        "/run/chrony/chronyd.sock", path=True, doc="chrony's command socket: health tells whether chrony uses GPS"
+    )
     baud: int | str = setting(AUTO, doc='4800 to 115200, or "auto": try the common rates until NMEA arrives')
     publish_interval_s: float = setting(10.0, min=1.0, max=3600.0, doc="publish the position this often")
     min_move_m: float = setting(
@@ -65,6 +78,14 @@ class GpsConfig(StreamSettings):
 
     def validate(self) -> None:
         StreamSettings.validate(self)
+        try:
+            parse_address(self.gpsd)
+        except ValueError as err:
+            raise SettingError("gpsd", str(err)) from None
+        for key in ("chrony_socket", "chrony_command_socket"):
+            path = getattr(self, key)
+            if len(path.encode(errors="replace")) > MAX_SOCKET_PATH or not path.isprintable():
+                raise SettingError(key, f"expected a socket path of at most {MAX_SOCKET_PATH} printable bytes")
         if isinstance(self.baud, str) and self.baud != AUTO:
             raise SettingError("baud", f'expected a baud rate or "auto", got "{self.baud}"')
         if isinstance(self.baud, int) and self.baud not in BAUDS:
@@ -82,7 +103,10 @@ class GpsDriver(Driver):
 
     @classmethod
     def claims(cls, config: GpsConfig, key: str) -> list[tuple[str, str]]:
-        return [(f"{key}.port", f"serial port {os.path.realpath(config.port)}")]
+        claims = [] if config.source == GPSD else [(f"{key}.port", f"serial port {os.path.realpath(config.port)}")]
+        if config.chrony_socket:  # two feeds into one refclock would be one source with two clocks
+            claims.append((f"{key}.chrony_socket", f"chrony socket {config.chrony_socket}"))
+        return claims
 
     def __init__(self, config: GpsConfig, ctx):
         super().__init__(config, ctx)
@@ -101,10 +125,14 @@ class GpsDriver(Driver):
         self.geofence = Geofence(config.geofence_radius_m, config.geofence_hysteresis_m, config.geofence_dwell_s)
         self.home_learner = HomeLearner(config.home_learn_s, max(config.geofence_hysteresis_m, 10.0))
         self.home_source = "none"
+        self.chrony = ChronyFeed(config.chrony_socket) if config.chrony_socket else None
+        self.chrony_sources = ChronySources(config.chrony_command_socket) if self.chrony else None
         self.integrity = IntegrityMonitor()
         self.verdict = IntegrityVerdict()  # of the latest fix: `verdict.trusted` says whether its time may be used
 
     def _make_source(self) -> Source:
+        if self.config.source == GPSD:
+            return GpsdSource(self.config.gpsd, self.config.stale_after_s, self.stats)
         return SerialSource(self.config.port, self.config.baud, self.config.stale_after_s, self.stats)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -117,6 +145,8 @@ class GpsDriver(Driver):
         self.source.cancel()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
+        if self.chrony is not None:
+            self.chrony.close()
 
     def _run(self) -> None:
         delay = RECONNECT_MIN_S
@@ -173,7 +203,8 @@ class GpsDriver(Driver):
                 self._on_fix(fix, now)
             quiet_since = self.last_sentence_mono if heard_since_open else opened
             if now - quiet_since >= self.config.stale_after_s:
-                self._set_link(STALE, reason=f"no valid NMEA for {now - quiet_since:.0f} s")
+                silence = "no report from the receiver through gpsd" if self.config.source == GPSD else "no valid NMEA"
+                self._set_link(STALE, reason=f"{silence} for {now - quiet_since:.0f} s")
             self._publish_if_due(now)
 
     def _on_fix(self, fix: nmea.Fix, now: float) -> None:
@@ -186,6 +217,10 @@ class GpsDriver(Driver):
         # and that is not suspect: one forged RMC must not re-stamp every message.
         if fix.has_position and verdict.trusted and fix.epoch_s is not None and fix.mono is not None:
             self.ctx.clock.gps_time(fix.epoch_s, fix.mono)
+            if self.chrony is not None:
+                self.chrony.send(fix.epoch_s, fix.mono)
+        if self.chrony_sources is not None:  # also while suspect: health shows chrony letting GPS go
+            self.chrony_sources.poll(now)
         if fix.has_position and not had_position:
             self.ctx.event("fix_acquired", fix=fix.fix, lat=_round(fix.lat, 7), lon=_round(fix.lon, 7),
                            sats=fix.sats, mono=now)
@@ -217,10 +252,13 @@ class GpsDriver(Driver):
             self.fix = nmea.Fix()
         self._publish(self.values(), time.monotonic())
         if link == STALE:
-            self.ctx.event("gps_stale", "warning", port=self.config.port, reason=reason)
+            self.ctx.event("gps_stale", "warning", **self._where(), reason=reason)
         else:
-            self.ctx.error("disconnected", f"GPS {self.config.port}: {reason}")
-            self.ctx.event("gps_disconnected", "warning", port=self.config.port, reason=reason)
+            self.ctx.error("disconnected", f"GPS {next(iter(self._where().values()))}: {reason}")
+            self.ctx.event("gps_disconnected", "warning", **self._where(), reason=reason)
+
+    def _where(self) -> dict[str, str]:
+        return {"gpsd": self.config.gpsd} if self.config.source == GPSD else {"port": self.config.port}
 
     # -- publishing --------------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:
@@ -318,6 +356,9 @@ class GpsDriver(Driver):
             "gps_reconnects": self.reconnects,
         }
         fields.update({f"gps_{kind}": count for kind, count in self.stats.items()})
+        if self.chrony is not None:
+            fields.update(gps_chrony_samples=self.chrony.samples, gps_chrony_errors=self.chrony.errors,
+                          gps_chrony_source=self.chrony_sources.state)
         return fields
 
     def status(self) -> dict[str, Any]:
