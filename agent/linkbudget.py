@@ -29,6 +29,9 @@ from typing import Any
 from agent import statefile
 
 STEPS = 3
+HISTORY_SAVING = 10.0  # step 1: offline history this much sparser
+HEALTH_SAVING = 4.0  # step 2: health this much less often
+DAILY_S = 86400.0  # step 3: unchanged state re-sent this often
 _MARKS = (1.0, 1.25, 1.5)  # projection / budget that takes step 1, 2, 3
 _GIVE_BACK = 0.9
 _MIN_OBSERVED_S = 3600.0  # less than this of the month seen: no projection yet
@@ -128,6 +131,13 @@ class LinkBudget:
             "link_budget": "off" if self.budget_mb <= 0 else ("ok" if self.step == 0 else "saving"),
             "link_budget_step": self.step,
         }
+
+
+def max_interval_at(step: int, max_interval_s: float, *, health: bool) -> float:
+    """A stream's max interval at budget `step` (Home Assistant's expiry follows the longest)."""
+    if health:
+        return max_interval_s * HEALTH_SAVING if step >= 2 else max_interval_s
+    return max(max_interval_s, DAILY_S) if step >= 3 else max_interval_s
 
 
 def _month_left_s(epoch_s: float) -> float:

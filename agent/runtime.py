@@ -23,7 +23,7 @@ from agent.clock import Clock
 from agent.config import Config
 from agent.control import ControlServer
 from agent.errors import BoxtelError, ConfigError
-from agent.linkbudget import LinkBudget
+from agent.linkbudget import HEALTH_SAVING, HISTORY_SAVING, LinkBudget, max_interval_at
 from agent.outbox import EVENT, HISTORY, LIVE, Outbox, OutboxError
 from agent.publisher import Connected, Delivered, Disconnected, Publisher
 from agent.replay import ReplayPacer
@@ -36,15 +36,13 @@ log = logging.getLogger("boxtel.core")
 
 HEALTH = "health"
 _AGENT_HEALTH_INTERVAL_S = 60.0  # health without a [host] section: agent figures only, looked at this often
-_AGENT_HEALTH = StreamSettings(min_interval_s=60.0, max_interval_s=1800.0)  # ... and sent like [host]'s defaults
+_AGENT_HEALTH = StreamSettings(min_interval_s=60.0)  # ... sent at most once a minute, at least hourly
 # Health figures of the core that are no reason to send health on their own (they ride along with the
 # next send): they change all the time, or something else already told (a reconnect has its birth).
 _HEALTH_RIDES_ALONG = ("agent_uptime_s", "outbox_depth", "outbox_oldest_s", "outbox_bytes", "replay_rate",
                        "reconnects", "mqtt_last_error")
 _HEALTH_DEADBAND = {"clock_offset_s": 1.0}
 _HEALTH_TRIGGERS = ("dropped", "publish_errors")
-_HISTORY_SAVING = 10.0  # data budget step 1: offline history this much sparser
-_HEALTH_SAVING = 4.0  # step 2: health this much less often
 _STOP_DELIVERY_S = 1.0  # on stop: time given to deliver what is pending before "offline"
 _REFUSED_RETRY_MIN_S = 30.0
 _REFUSED_RETRY_MAX_S = 3600.0
@@ -335,7 +333,7 @@ class Agent:
             # Offline: keep one reading per stream per history interval; the latest is still known
             # (the throttle has it) and becomes the retained state on reconnect.
             last = self._history_mono.get(stream)
-            saving = _HISTORY_SAVING if self.link.step >= 1 else 1.0
+            saving = HISTORY_SAVING if self.link.step >= 1 else 1.0
             if last is not None and mono - last < self.config.outbox.history_interval_s * saving:
                 return
             self._history_mono[stream] = mono
@@ -401,12 +399,11 @@ class Agent:
         """Each step keeps the ones before it (agent/linkbudget.py); step 1 acts in `_accept_reading`."""
         for stream, throttle in self.throttles.items():
             min_s, max_s, deadband = self._throttle_base[stream]
+            max_s = max_interval_at(step, max_s, health=stream == HEALTH)
             if stream == HEALTH and step >= 2:
-                min_s, max_s = min_s * _HEALTH_SAVING, max_s * _HEALTH_SAVING
-            elif step >= 3:
-                max_s = max(max_s, 86400.0)
-                if stream == "gps":  # on movement only: a new position (or a fix change) and nothing else
-                    deadband = {**deadband, **{k: INF for k in deadband if k not in ("lat", "lon")}}
+                min_s *= HEALTH_SAVING
+            elif step >= 3 and stream == "gps":  # on movement only: a new position or fix, nothing else
+                deadband = {**deadband, **{k: INF for k in deadband if k not in ("lat", "lon")}}
             throttle.min_interval_s, throttle.max_interval_s = min_s, max_s
             throttle.deadband = {**throttle.deadband, **deadband} if stream == HEALTH else dict(deadband)
 
