@@ -59,7 +59,10 @@ class MqttSettings:
     topic_prefix: str = setting("boxtel", doc="first topic level")
     inflight: int = setting(20, min=1, max=1000, doc="messages handed to the MQTT client at once")
     reconnect_min_s: float = setting(1.0, min=0.1, max=600.0, doc="first reconnect delay")
-    reconnect_max_s: float = setting(120.0, min=1.0, max=3600.0, doc="longest reconnect delay")
+    reconnect_max_s: float = setting(
+        12.0, min=1.0, max=3600.0,
+        doc="longest reconnect delay: a box is back within about this of its broker (jitter: half to all of it)",
+    )
 
     def validate(self) -> None:
         if not self.host.strip():
@@ -198,13 +201,11 @@ def load(path: str | Path, *, simulate: bool | None = None, secret_owner: Accoun
     file = str(path)
     try:
         with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
+            raw = parse_toml(handle.read(), file=file)
     except FileNotFoundError:
         raise ConfigError("config file not found", file=file) from None
     except OSError as err:
         raise ConfigError(f"cannot read config: {err.strerror}", file=file) from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"invalid TOML: {err}", file=file) from None
     base_dir = Path(path).resolve().parent
 
     # A driver registered as "section.key" owns that key of a core section: `[box] tamper = {...}`.
@@ -259,6 +260,24 @@ def load(path: str | Path, *, simulate: bool | None = None, secret_owner: Accoun
     _check_claims(config)
     _check_files(config, secret_owner)
     return config
+
+
+def parse_toml(data: bytes, *, file: str) -> dict[str, Any]:
+    """The TOML in `data`, or ConfigError as one line: a file saved in Latin-1 or UTF-16 ("Besançon" typed
+    on another machine) is named with the line of its first foreign byte, not a traceback. A UTF-8
+    byte order mark, as some editors write, is skipped."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"not UTF-8 text: byte 0x{data[err.start]:02X} on line {line} "
+                          "(save the file as UTF-8)", file=file) from None
+    try:
+        return tomllib.loads(text.removeprefix("\ufeff"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"invalid TOML: {err}", file=file) from None
+    except RecursionError:  # tomllib recurses per bracket: `site = [[[[...` thousands deep
+        raise ConfigError("invalid TOML: lists or tables nested too deeply", file=file) from None
 
 
 def _check_unique_instances(config: Config) -> None:

@@ -27,7 +27,7 @@ import selectors
 import socket
 import stat
 import threading
-import tomllib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from agent.errors import ConfigError, UnavailableError
 
 log = logging.getLogger("boxtel.control")
 
-MAX_CLIENTS = 8  # a technician or two; more is a runaway script
+MAX_CLIENTS = 8  # a technician or two; more is a runaway script (or clients that connect and never ask)
 WATCH_QUEUE = 1000  # lines held for one slow watcher before they are dropped
 MAX_REQUEST_BYTES = 4096
 CORE_ANSWER_S = 5.0  # the core answers a status request within this, or it is reported stuck
@@ -150,7 +150,7 @@ class ControlServer:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(building)
-            listener.listen(MAX_CLIENTS)
+            listener.listen(64)  # a burst of clients queues here; beyond it, connect() waits (EAGAIN)
             os.chmod(building, 0o660)
             self._chgrp(building)
             os.replace(building, self.path)
@@ -195,7 +195,7 @@ class ControlServer:
                         self._accept()
                     elif key.fileobj == self._wake_r:
                         self._drain_wake()
-                    else:
+                    elif not key.data.closed:  # closed earlier in this round (room made for a newcomer)
                         self._service_guarded(key.data, events)
         except Exception:  # noqa: BLE001 - diagnostics must never take the agent down
             # The watchdog sees the thread gone (alive()) and stops pinging: systemd restarts the agent.
@@ -215,11 +215,20 @@ class ControlServer:
         sock.setblocking(False)
         client = _Client(sock)
         if self.clients >= MAX_CLIENTS:
-            client.send_now({"ok": False, "error": f"too many diagnostics clients (at most {MAX_CLIENTS})"})
-            sock.close()
-            return
+            self._make_room()
         self.clients += 1
         self._selector.register(sock, selectors.EVENT_READ, client)
+
+    def _make_room(self) -> None:
+        """All slots taken: the newcomer is served and the client idle longest goes (a watcher only when
+        every slot watches), so clients that connect and never ask cannot lock a technician out."""
+        clients = [key.data for key in self._selector.get_map().values() if isinstance(key.data, _Client)]
+        if not clients:
+            return
+        victim = min(clients, key=lambda c: (c.watching, c.active))
+        victim.send_now({"ok": False, "error": f"closed: more than {MAX_CLIENTS} diagnostics clients at once, "
+                         "and this one was idle longest"})
+        self._close(victim)
 
     def alive(self) -> str | None:
         """For the systemd watchdog: None while the control thread serves (or never started: a socket
@@ -265,6 +274,7 @@ class ControlServer:
         while not client.outbuf and not client.watching and b"\n" in client.inbuf:
             line, _, rest = bytes(client.inbuf).partition(b"\n")
             client.inbuf = bytearray(rest)
+            client.active = time.monotonic()
             client.write(self._answer(client, line))
             if not self._flush(client):
                 self._close(client)
@@ -415,6 +425,7 @@ class _Client:
         self.eof = False  # the client has stopped sending
         self.interest = selectors.EVENT_READ
         self.closed = False
+        self.active = time.monotonic()  # connected, or last asked something: the longest idle makes room
 
     def write(self, message: dict[str, Any]) -> None:
         self.outbuf += _line(message)
@@ -490,15 +501,16 @@ def state_dir_path(config_path: str) -> str:
 
 def _lenient(config_path: str, section: str, key: str, cls: type, **required: Any) -> Any:
     """`section.key` validated alone (the rest of the file may be wrong or unreadable), else its default."""
+    from agent.config import parse_toml
     from agent.schema import build
 
     try:
         with open(config_path, "rb") as handle:
-            table = tomllib.load(handle).get(section, {})
+            table = parse_toml(handle.read(), file=config_path).get(section, {})
         picked = {key: table[key]} if isinstance(table, dict) and key in table else {}
         return getattr(build(cls, {**required, **picked}, where=section, base_dir=Path(config_path).resolve().parent,
                              file=config_path), key)
-    except (OSError, tomllib.TOMLDecodeError, ConfigError):
+    except (OSError, ConfigError):
         return getattr(cls(**required), key)
 
 
@@ -507,8 +519,16 @@ def connect(path: str, timeout_s: float = 10.0, *, state_dir: str | None = None)
     is there at all (so a dead diagnostics thread is never reported as "no agent is running")."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
+    deadline = time.monotonic() + timeout_s
     try:
-        sock.connect(path)
+        while True:
+            try:
+                sock.connect(path)
+                break
+            except BlockingIOError:  # EAGAIN: the agent's accept queue is full (a burst of clients)
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
     except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError):
         sock.close()
         raise _nobody_answers(path, state_dir) from None

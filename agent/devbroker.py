@@ -43,9 +43,12 @@ class Broker:
         passwords: dict[str, str] | None = None,
         tls: dict[str, str] | None = None,
         extra: list[str] | None = None,
+        persistence: bool = False,
     ):
         """`acl`: ACL file text; `passwords`: user -> password (anonymous refused when given);
-        `tls`: {"cafile", "certfile", "keyfile"} and optionally "require_certificate": "true"."""
+        `tls`: {"cafile", "certfile", "keyfile"} and optionally "require_certificate": "true";
+        `persistence`: retained messages and sessions kept across a restart (in the workdir), as a
+        production broker keeps them."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -53,6 +56,7 @@ class Broker:
         self.passwords = passwords
         self.tls = tls
         self.extra = extra or []
+        self.persistence = persistence
         self.process: subprocess.Popen | None = None
         self.log_path = self.workdir / "mosquitto.log"
 
@@ -111,7 +115,8 @@ class Broker:
     def _write_config(self) -> Path:
         lines = [
             f"listener {self.port} 127.0.0.1",
-            "persistence false",
+            *(["persistence true", f"persistence_location {self.workdir}/"] if self.persistence
+              else ["persistence false"]),
             f"user {getpass.getuser()}",  # as root mosquitto would switch to "mosquitto" and lose our files
             "log_dest stderr",
             "log_type error",

@@ -12,12 +12,21 @@ EX_SOFTWARE = 70  # internal error: a bug, reported with a traceback in the log
 EX_TEMPFAIL = 75  # try again later (another agent holds the state dir)
 EX_CONFIG = 78  # configuration error
 
+# Invisible format characters (of Unicode's Cf): zero-width spaces and joiners, bidi marks, embeddings,
+# overrides and isolates, the word joiner and BOM. Pasted from a chat app into box.id they make a client
+# id and topic that look right and are not; in a log line they reorder what a technician reads.
+_INVISIBLE = ((0x061C, 0x061C), (0x180E, 0x180E), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x2064),
+              (0x2066, 0x206F), (0xFEFF, 0xFEFF))
+
+
 def unsafe_char(char: str) -> bool:
-    """Unicode's control characters (category Cc: C0, DEL, C1), line and paragraph separators (Zl, Zp)
-    and lone surrogates (Cs): in a topic, client id, payload or log line they forge lines and confuse
-    terminals and tools. Spelled out, so the daemon need not load unicodedata."""
+    """Unicode's control characters (category Cc: C0, DEL, C1), line and paragraph separators (Zl, Zp),
+    lone surrogates (Cs) and the invisible format characters above: in a topic, client id, payload or log
+    line they forge lines and confuse terminals and tools. Spelled out, so the daemon need not load
+    unicodedata."""
     code = ord(char)
-    return code < 0x20 or 0x7F <= code <= 0x9F or code in (0x2028, 0x2029) or 0xD800 <= code <= 0xDFFF
+    return (code < 0x20 or 0x7F <= code <= 0x9F or code in (0x2028, 0x2029) or 0xD800 <= code <= 0xDFFF
+            or (0x061C <= code <= 0xFEFF and any(low <= code <= high for low, high in _INVISIBLE)))
 
 
 def one_line(text: str) -> str:

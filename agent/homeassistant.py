@@ -32,6 +32,7 @@ import logging
 import math
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 MODEL = "boxtel field station"
 MANUFACTURER = "boxtel"
 MEMORY_FILE = "announced.json"
+# Home Assistant's births answered at most this often: anyone who may write homeassistant/status could
+# otherwise make the box re-send every config per message on a billed link. Missing one costs nothing:
+# the configs are retained on the broker, and HA reads them when it subscribes.
+REANNOUNCE_MIN_S = 60.0
 HEALTH = "health"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")  # HA allows only these in node and object ids
 # Entities older versions announced that no longer exist under that key: taken back on the first start
@@ -248,6 +253,9 @@ class Announcer:
         self._states |= self.state_topics
         self.published = 0
         self.taken_back = 0
+        self._reannounced_mono = -math.inf
+        self._unanswered_logged_mono = -math.inf
+        self.births_unanswered = 0  # Home Assistant births within REANNOUNCE_MIN_S of the last answered one
 
     # -- on paho's thread --------------------------------------------------------------------------
     def connected(self, client: Any) -> None:
@@ -274,6 +282,16 @@ class Announcer:
         if not self.enabled or message.topic != self.ha_status_topic:
             return False
         if not message.retain and message.payload == b"online":
+            now = time.monotonic()
+            if now - self._reannounced_mono < REANNOUNCE_MIN_S:
+                self.births_unanswered += 1
+                if now - self._unanswered_logged_mono >= REANNOUNCE_MIN_S:
+                    self._unanswered_logged_mono = now
+                    log.warning("Home Assistant announced itself again within %.0f s: not answered "
+                                "(%d so far; the configs are retained on the broker)", REANNOUNCE_MIN_S,
+                                self.births_unanswered)
+                return True
+            self._reannounced_mono = now
             log.info("Home Assistant is online: announcing %d entities", len(self.configs))
             with self._lock:
                 self._refused.clear()

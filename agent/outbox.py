@@ -13,6 +13,10 @@ PUBACK.
   the WAL). When full, the oldest history goes first, then undelivered live state, events last. Every
   drop is counted in `meta.dropped`, committed with the deletion, so a seq gap is explained after a
   restart too. Age and order use `seq` and the monotonic clock only, never the wall clock.
+- Counters (`total_l`, `run_hours`, `reconnects`: the `counters` given per stream) never go back: the
+  highest value accepted is committed with the rows that carry it -- durably (fsync), as a subscriber
+  may see it as soon as it is committed -- and `counters` gives it back after a restart or power loss,
+  for the driver to resume from.
 - A disk that fails (full, read-only, I/O errors) does not stop the agent: the outbox carries on in
   memory (bounded, not durable), reports why in `error`, and tries the disk again now and then.
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -52,6 +57,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     mono REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (prio, seq);
+CREATE TABLE IF NOT EXISTS counters (stream TEXT NOT NULL, field TEXT NOT NULL, value REAL NOT NULL,
+                                     PRIMARY KEY (stream, field));
 """
 
 
@@ -76,8 +83,11 @@ class OutboxError(Exception):
 
 
 class Outbox:
-    def __init__(self, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(self, path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 counters: dict[str, tuple[str, ...]] | None = None):
         self.path = path
+        self._counter_fields = counters or {}  # stream -> its fields that only grow
+        self._counters_pending: dict[tuple[str, str], float] = {}
         self.max_bytes = max_bytes
         self.error: str | None = None  # why the outbox is not durable now (health shows it)
         self.last_seq = 0
@@ -103,6 +113,9 @@ class Outbox:
         newest = self._db.execute("SELECT MAX(seq) FROM outbox").fetchone()[0] or 0
         self.last_seq = max(self._meta("seq"), newest)
         self.dropped = self._meta("dropped")
+        # (stream, field) -> the highest value accepted: no subscriber saw more
+        self.counters: dict[tuple[str, str], float] = {
+            (stream, field): value for stream, field, value in self._db.execute("SELECT * FROM counters")}
         self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         if self._volatile and self.error is None:
             self.error = self._volatile
@@ -126,6 +139,11 @@ class Outbox:
         seq = self.last_seq
         body = json.dumps({**payload, "seq": seq}, separators=(",", ":"), allow_nan=False)
         self._pending.append((seq, prio, stream, body, time.monotonic()))
+        for field in self._counter_fields.get(stream, ()):
+            value = payload.get(field)
+            if type(value) in (int, float) and math.isfinite(value) and \
+                    value > self.counters.get((stream, field), -math.inf):
+                self.counters[(stream, field)] = self._counters_pending[(stream, field)] = value
         if prio == EVENT:
             self.commit(durable=True, upkeep=upkeep)
         return seq
@@ -142,12 +160,16 @@ class Outbox:
                 self.upkeep()
             return
         pending, acked = list(self._pending), list(self._acked)
+        counters = [(stream, field, value) for (stream, field), value in self._counters_pending.items()]
+        durable = durable or bool(counters)  # published once committed: a power cut must not take it back
         deleted = 0
 
         def write(db: sqlite3.Connection) -> None:
             nonlocal deleted
             self._set_synchronous(db, "FULL" if durable else "NORMAL")
             with db:
+                if counters:
+                    db.executemany("INSERT OR REPLACE INTO counters (stream, field, value) VALUES (?,?,?)", counters)
                 if pending:
                     db.executemany(
                         "INSERT OR REPLACE INTO outbox (seq, prio, stream, payload, mono) VALUES (?,?,?,?,?)", pending
@@ -164,6 +186,7 @@ class Outbox:
         self._count += len(pending) - deleted
         self._pending.clear()
         self._acked.clear()
+        self._counters_pending.clear()
         self._trim_due |= bool(pending)
         self._upkeep_due = True
         if upkeep:
@@ -534,6 +557,9 @@ def _merge_into(db: sqlite3.Connection, mem: sqlite3.Connection) -> None:
         db.executemany("INSERT OR IGNORE INTO outbox (seq, prio, stream, payload, mono) VALUES (?,?,?,?,?)", rows)
         for key in ("seq", "dropped"):
             _set_meta(db, key, max(_get_meta(db, key), _get_meta(mem, key)))
+        for stream, field, value in mem.execute("SELECT * FROM counters").fetchall():
+            db.execute("INSERT INTO counters VALUES (?,?,?) ON CONFLICT (stream, field) "
+                       "DO UPDATE SET value = MAX(value, excluded.value)", (stream, field, value))
 
 
 def _configure(db: sqlite3.Connection, max_bytes: int) -> None:

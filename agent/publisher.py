@@ -4,6 +4,12 @@ Threads: paho's network thread (one per connection, `loop_start()`), and our sup
 connects, waits for the connection to end and reconnects with exponential backoff and jitter (paho's
 own reconnect has no jitter, so a hundred boxes behind one cell tower would retry in lockstep).
 
+Two boxes with one box id (a cloned SD card, a copied config) take the connection from each other.
+The one taken over does not fight: it reports it and waits a long, growing delay before it tries again
+(its outbox keeps everything meanwhile). MQTT 5 brokers say so (DISCONNECT reason 0x8E); one that just
+closes the socket (mosquitto before 2.0.15) is recognised by the status it leaves on our topic: at a
+reconnect, the retained status belongs to another agent instance (`instance` in the status payload).
+
 Every connection gets a fresh paho client: paho resends its in-memory queue on reconnect, but the
 outbox is the store, so nothing of a dead connection may be sent twice behind its back.
 
@@ -17,6 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import queue
 import random
 import ssl
@@ -55,6 +62,17 @@ _SAVE_ANNOUNCED = "save announced"  # a work item: write down what was announced
 _STATUS_MAX_BYTES = 1024  # a status is ~200 bytes; anything bigger on our status topic is not one
 _BIRTH_REPUBLISH_S = 5.0  # at most one birth republished per this, however many statuses displace it
 _STATUS_WARN_S = 60.0  # one warning per minute about them; the rest are counted
+# Taken over by another client with our box id: wait 60-120 s, doubling up to 15-30 min while it goes on;
+# a connection that then holds for an hour means the other box is gone.
+_TAKEOVER_MIN_S = 120.0
+_TAKEOVER_MAX_S = 1800.0
+_TAKEOVER_FORGET_S = 3600.0
+_SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason codes
+_KEEPALIVE_TIMEOUT = 0x8D
+
+
+def takeover_problem(box_id: str) -> str:
+    return f"another client with box id {box_id} took over the connection: two boxes share this id?"
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,7 @@ class Connected:
 class Disconnected:
     session: int
     reason: str
+    code: int | None = None  # the MQTT 5 reason code
 
 
 @dataclass(frozen=True)
@@ -85,13 +104,14 @@ class StatusSeen:
 
     fields: dict[str, Any] | None
     size: int
+    retained: bool = False  # it was there before we subscribed (and published our birth)
 
     @classmethod
-    def read(cls, payload: bytes) -> StatusSeen:
+    def read(cls, payload: bytes, retained: bool = False) -> StatusSeen:
         try:
-            return cls(untrusted.flat_object(payload, max_bytes=_STATUS_MAX_BYTES), len(payload))
+            return cls(untrusted.flat_object(payload, max_bytes=_STATUS_MAX_BYTES), len(payload), retained)
         except ValueError:
-            return cls(None, len(payload))
+            return cls(None, len(payload), retained)
 
     def describe(self) -> str:
         if self.fields is None:
@@ -243,6 +263,9 @@ class Publisher:
         # Discovery configs and state topics announced, retained: sent when they changed, taken back when gone.
         self.announcer = Announcer(config, __version__, request_save=lambda: self._work.put(_SAVE_ANNOUNCED))
         self._backoff = Backoff(self.settings.reconnect_min_s, self.settings.reconnect_max_s)
+        self._takeover_backoff = Backoff(_TAKEOVER_MIN_S, _TAKEOVER_MAX_S)
+        # Tells this process's statuses from those of another agent using the same box id.
+        self.instance = os.urandom(4).hex()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
@@ -254,6 +277,12 @@ class Publisher:
         self.reconnects = 0
         self.connect_failures = 0
         self.statuses = StatusGuard(self.status_topic)
+        self.takeovers = 0
+        self.last_takeover_mono: float | None = None
+        self._taken_over = False  # the connection that just ended was taken over
+        self._rival_seen = False  # a status of another instance was on our topic at a reconnect
+        self._broker_leaving = False  # the broker sent us our own will: it is shutting down
+        self._last_loss_counted = False  # the last connection loss was counted as a takeover
         self.last_error: str | None = None
         self.last_error_mono: float | None = None
         self.last_progress = time.monotonic()
@@ -335,6 +364,9 @@ class Publisher:
             "births_republished": self.statuses.births_republished,
             "foreign_statuses": self.statuses.foreign,
             "mqtt_last_error": self.last_error,
+            "mqtt_takeovers": self.takeovers,
+            "mqtt_takeover_ago_s": None if self.last_takeover_mono is None else round(now - self.last_takeover_mono),
+            "mqtt_takeover_problem": takeover_problem(self.config.box.id) if self.takeovers else None,
         }
 
     # -- the supervisor thread ---------------------------------------------------------------------
@@ -345,12 +377,22 @@ class Publisher:
             client = self._connect()
             if client is not None:
                 self._wait_for_disconnect(client)
-                if time.monotonic() - started >= _STABLE_CONNECTION_S:
+                lasted = time.monotonic() - started
+                if lasted >= _STABLE_CONNECTION_S:
                     self._backoff.reset()
+                if lasted >= _TAKEOVER_FORGET_S:
+                    self._takeover_backoff.reset()
+                    self._rival_seen = False
             if self._stopping.is_set():
                 break
-            delay = self._backoff.next_delay()
-            log.info("reconnecting in %.1f s", delay)
+            if self._taken_over:
+                self._taken_over = False
+                delay = self._takeover_backoff.next_delay()
+                log.warning("%s (%d times); not fighting over it: reconnecting in %.0f s, the outbox keeps "
+                            "everything meanwhile", takeover_problem(self.config.box.id), self.takeovers, delay)
+            else:
+                delay = self._backoff.next_delay()
+                log.info("reconnecting in %.1f s", delay)
             self._sleep(delay)
 
     def _connect(self) -> mqtt.Client | None:
@@ -388,17 +430,53 @@ class Publisher:
             except queue.Empty:
                 item = None
             self.last_progress = time.monotonic()
-            if item == "stop" or (isinstance(item, Disconnected) and item.session == self.session):
+            if item == "stop":
                 break
-            if item is None or isinstance(item, StatusSeen):  # None: a republish or warning is due
+            if isinstance(item, Disconnected) and item.session == self.session:
+                if not self._stopping.is_set():
+                    self._classify_loss(item)
+                break
+            if isinstance(item, StatusSeen) and item.retained:
+                self._check_rival(item)
+            elif item is None or isinstance(item, StatusSeen):  # None: a republish or warning is due
                 self._check_status(client, item)
             elif item == _SAVE_ANNOUNCED:
                 self.announcer.save()
         client.loop_stop()
 
+    def _classify_loss(self, item: Disconnected) -> None:
+        """Was the connection taken over by another client with our box id?"""
+        # A broker that just closes the socket: another box with our id was seen at a recent reconnect.
+        suspect = self._rival_seen and not self._broker_leaving and item.code != _KEEPALIVE_TIMEOUT
+        self._last_loss_counted = item.code == _SESSION_TAKEN_OVER or suspect
+        if self._last_loss_counted:
+            self._took_over()
+
+    def _took_over(self, *, wait: bool = True) -> None:
+        self.takeovers += 1
+        self.last_takeover_mono = time.monotonic()
+        self._taken_over = wait
+        if wait:  # the supervisor logs it, with the wait
+            self.last_error, self.last_error_mono = takeover_problem(self.config.box.id), self.last_takeover_mono
+        else:
+            self._record_error(takeover_problem(self.config.box.id))
+
+    def _check_rival(self, status: StatusSeen) -> None:
+        """The status that was on our topic before our birth (we subscribe first). Another instance's,
+        after a reconnect of ours: another client with our box id held the connection meanwhile (a broker
+        without reason 0x8E closed ours without saying why). At our first connect it is our predecessor's."""
+        other = (status.fields or {}).get("instance")
+        if isinstance(other, str) and other != self.instance and self.connects > 1:
+            if not self._last_loss_counted:
+                self._took_over(wait=False)  # the loss before this connection, recognised now
+            self._rival_seen = True
+
     def _check_status(self, client: mqtt.Client, status: StatusSeen | None) -> None:
         """Something other than our birth is on our status topic: publish the birth again (rate limited)."""
         now = time.monotonic()
+        if status is not None and status.fields is not None and \
+                status.fields == {**self._status_fields("offline", "connection lost"), "ts": status.fields.get("ts")}:
+            self._broker_leaving = True  # our own will, sent to us: brokers send them all as they shut down
         live = self.connected and not self._stopping.is_set()  # else: our own clean "offline", or the end
         if status is not None and live:
             self.statuses.seen(status, self._status_fields("online"), now)
@@ -476,6 +554,13 @@ class Publisher:
         resumed = bool(getattr(flags, "session_present", False)) and self._v5
         maximum = getattr(properties, "TopicAliasMaximum", 0) if self._v5 and properties is not None else 0
         self._aliases = TopicAliases(maximum)  # before `connected`: the core publishes through it
+        self._broker_leaving = False
+        # Subscribed before the birth: the retained status the broker returns is the one from before it
+        # (another instance's, if one took our id over meanwhile). Also on a resumed session, which holds
+        # the subscription already: this read costs ~0.6 kB per reconnect and is the only way to see a
+        # rival on a broker that does not send reason 0x8E. QoS 0: a check while connected, not a record
+        # -- no PUBACK for our birth's echo, and no copy of the dead connection's will kept for us.
+        client.subscribe(self.status_topic, qos=0)
         # The birth is queued before `connected` lets the core publish: nothing of a session may reach
         # the broker ahead of its birth.
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
@@ -487,10 +572,7 @@ class Publisher:
         if self.connects > 1:
             self.reconnects += 1
         log.info("connected to %s:%d (session %d)", self.settings.host, self.settings.effective_port, session)
-        if not resumed:  # a resumed session still holds the subscriptions
-            # QoS 0: a check while connected, not a record. It spares a PUBACK for our birth's echo on
-            # every connect, and the broker keeps no copy of the dead connection's will for us.
-            client.subscribe(self.status_topic, qos=0)
+        if not resumed:  # a resumed session still holds this subscription
             self.announcer.subscribe(client)
         self._notify(Connected(session, resumed))
 
@@ -500,10 +582,11 @@ class Publisher:
             self.connected = False
         self.connected_since = None
         reason = str(reason_code)
+        code = getattr(reason_code, "value", None)
         if was_connected and not self._stopping.is_set():
             self._record_error(f"connection lost: {reason}")
-        self._work.put(Disconnected(session, reason))
-        self._notify(Disconnected(session, reason))
+        self._work.put(Disconnected(session, reason, code))
+        self._notify(Disconnected(session, reason, code))
 
     def _on_publish(self, session: int, client, userdata, mid, reason_code, properties) -> None:
         error = f"{reason_code} (0x{reason_code.value:02x})" if reason_code.is_failure else None
@@ -516,7 +599,7 @@ class Publisher:
     def _on_message(self, client, userdata, message) -> None:
         if self.announcer.message(client, message):  # Home Assistant's birth
             return
-        self._work.put(StatusSeen.read(message.payload))  # else our status topic
+        self._work.put(StatusSeen.read(message.payload, retained=bool(message.retain)))  # else our status topic
 
     # -- helpers -----------------------------------------------------------------------------------
     def _status_payload(self, state: str, reason: str | None = None, *, session: int | None = None) -> str:
@@ -532,6 +615,7 @@ class Publisher:
             "site": self.config.box.site,
             "boot_id": self._boot_id,
             "session": self.session if session is None else session,
+            "instance": self.instance,
         }
         if reason:
             payload["reason"] = reason

@@ -93,7 +93,8 @@ class Agent:
 
     def _build(self, config: Config) -> None:
         try:
-            self.outbox = Outbox(config.state_dir / "outbox.db", max_bytes=int(config.outbox.max_mb * 2**20))
+            self.outbox = Outbox(config.state_dir / "outbox.db", max_bytes=int(config.outbox.max_mb * 2**20),
+                                 counters=_counters(config))
         except OutboxError as err:
             raise ConfigError(str(err), file=config.file, key="box.state_dir") from None
         self.publisher = Publisher(config, self.clock, self.bus.put)
@@ -104,6 +105,7 @@ class Agent:
         self._on_broker: dict[str, dict[str, Any]] = {}  # stream -> values the broker acknowledged, retained
         self._live_state: dict[int, tuple[str, dict[str, Any]]] = {}  # seq -> (stream, values), LIVE in flight
         self._throttle_base: dict[str, tuple[float, float, dict[str, float]]] = {}
+        self.publisher.reconnects = int(self.outbox.counters.get((HEALTH, "reconnects"), 0))
         self.simulation = None
         if config.simulate:
             from drivers.simulator import Simulation
@@ -151,6 +153,8 @@ class Agent:
                 state_dir=self.config.state_dir,
                 simulate=self.config.simulate,
                 settings=self.config.sections,
+                counters={field: value for (stream, field), value in self.outbox.counters.items()
+                          if stream == cls.stream_name(entry.config)},
             )
             driver = cls(entry.config, ctx)
             settings = entry.config if isinstance(entry.config, StreamSettings) else StreamSettings()
@@ -523,6 +527,7 @@ class Agent:
             "agent_uptime_s": round(time.monotonic() - self.started_mono),
             **self.outbox_fields(),
             "reconnects": self.publisher.reconnects,
+            "mqtt_takeovers": self.publisher.takeovers,
             "publish_errors": self.publish_errors,
             "last_publish_error": self.last_publish_error,
             "mqtt_last_error": self.publisher.last_error,
@@ -596,6 +601,18 @@ class Agent:
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda sig, frame: self.request_stop(signal.Signals(sig).name))
+
+
+def _counters(config: Config) -> dict[str, tuple[str, ...]]:
+    """Per stream, the fields that only grow: the drivers' `counters`, and the agent's reconnects in health
+    (`dropped` is the outbox's own, durable already)."""
+    counters: dict[str, tuple[str, ...]] = {HEALTH: ("reconnects",)}
+    for entry in config.drivers:
+        cls = driver_class(entry.section)
+        if cls.counters:
+            stream = cls.stream_name(entry.config)
+            counters[stream] = (*counters.get(stream, ()), *cls.counters)
+    return counters
 
 
 def _run_call(call: _CoreCall) -> None:

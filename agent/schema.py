@@ -38,7 +38,9 @@ def setting(
     A float is always finite unless `inf_ok` (then `inf`, never `nan` or `-inf`, is accepted: for a
     value where "never" is a meaning, like a deadband). A table (`dict[str, X]`) with `keys` accepts
     only those keys, as a section accepts only its fields."""
-    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "keys": keys, "path": path, "inf_ok": inf_ok}
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "keys": keys, "path": path, "inf_ok": inf_ok,
+            # "" where the default is a real value (a state dir, a port) is a slip, never "use the default"
+            "not_empty": default if isinstance(default, str) and default and not choices else None}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     if isinstance(default, list | dict):
@@ -140,6 +142,8 @@ def _scalar(hint: Any, value: Any, meta: dict, key: str, base_dir: Path, file: s
                 expected = "one of " + ", ".join(_show(c) for c in meta["choices"]) + " (quoted)"
             raise ConfigError(f"expected {expected}, got {_describe(value)}", file=file, key=key)
         _check_text(value, key, file, path=bool(meta.get("path")))
+        if not value and meta.get("not_empty"):
+            raise ConfigError(f"must not be empty (leave it out for {meta['not_empty']})", file=file, key=key)
     else:
         raise TypeError(f"unsupported type {hint!r} in schema at {key}")
     choices = meta.get("choices")
@@ -173,12 +177,12 @@ MAX_PATH = 4096  # PATH_MAX
 
 def _check_text(value: str, key: str, file: str, *, path: bool) -> None:
     """Refuse control characters in every string: they become topics, client ids, payloads and log lines.
-    A path only refuses U+0000 (no file name can hold it; open() would raise)."""
+    Paths too: a device or state path is named in log lines, and none real holds a newline or an escape."""
     longest = MAX_PATH if path else MAX_TEXT
     if len(value) > longest:
         raise ConfigError(f"{len(value)} characters long: at most {longest}", file=file, key=key)
     for index, char in enumerate(value):
-        if char == "\0" or (not path and unsafe_char(char)):
+        if unsafe_char(char):
             raise ConfigError(
                 f"control character U+{ord(char):04X} at position {index + 1} is not allowed", file=file, key=key
             )

@@ -3,7 +3,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["footprint", "gps", "gpio", "modbus", "fleet", "replay", "wire"]
+BENCHMARKS = ["footprint", "gps", "gpio", "modbus", "fleet", "replay", "wire", "soak"]
 
 
 def main(argv: list[str]) -> int:

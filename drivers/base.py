@@ -25,7 +25,7 @@ class DriverContext:
 
     def __init__(
         self, name: str, *, stream: str | None = None, bus: Bus, clock: Clock, state_dir: Path, simulate: bool,
-        settings: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None, counters: dict[str, float] | None = None,
     ):
         self.name = name  # "gps", "locker/armory-1": the `source` of its events
         self.stream = stream or name  # where its readings go: usually its name, "health" for the host
@@ -34,6 +34,7 @@ class DriverContext:
         self.state_dir = state_dir
         self.simulate = simulate
         self.settings = settings or {}  # the core sections by name ("gpio": its pin factory, ...)
+        self._counter_floors = counters or {}  # field -> the highest value the core ever accepted
         self.log = logging.getLogger(f"boxtel.{name.replace('/', '.')}")
         self._lock = threading.Lock()
         self._alarms: dict[str, str] = {}  # alarm -> severity
@@ -121,6 +122,12 @@ class DriverContext:
         """Mark this driver alive (the systemd watchdog only pings while every driver makes progress)."""
         self.last_progress = time.monotonic()
 
+    def resume_counter(self, field: str, saved: float) -> float:
+        """Where a counter (one of the driver's `counters`) resumes after a restart: what the driver saved,
+        or, if higher, the last value any subscriber could have seen (the core records it with the outbox
+        commit that carried it, so a SIGKILL or a power cut between two saves never takes it back)."""
+        return max(saved, self._counter_floors.get(field, saved))
+
     def _state_path(self) -> Path:
         return self.state_dir / f"driver-{self.name.replace('/', '_')}.json"
 
@@ -140,6 +147,9 @@ class Driver:
     simulator: ClassVar[str | None] = None  # "module:Class" of the simulated hardware for this kind
     # No ctx.progress() for this long means the driver is stuck (the systemd watchdog stops pinging).
     stall_after_s: ClassVar[float] = 120.0
+    # Fields of its readings that only grow (Home Assistant: total_increasing): they resume after a
+    # restart from at least the last value published (`ctx.resume_counter`).
+    counters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, ctx: DriverContext):
         self.config = config

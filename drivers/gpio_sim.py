@@ -24,6 +24,9 @@ CYCLE_S = 120.0
 _BOUNCE_EDGES = 4  # toggles before a contact settles
 _BOUNCE_GAP_S = 0.0005
 _CHATTER_BURST = 4  # edges a chattering contact makes at a time
+# gpiozero's MockPin records every level it was ever driven to (`states`, for assertions in tests): the
+# ADCs' SPI clocks alone add ~0.75 MiB a minute. Its public `clear_states()` empties that; this often.
+_FORGET_PIN_HISTORY_S = 10.0
 
 
 class GpioScenario(Simulator):
@@ -98,7 +101,11 @@ class GpioScenario(Simulator):
         cycle = 0
         step = 0
         pulse_at: dict[int, float] = {}
+        forget_at = time.monotonic() + _FORGET_PIN_HISTORY_S
         while not self._stop.is_set():
+            if time.monotonic() >= forget_at:
+                forget_pin_history(self.factory)
+                forget_at = time.monotonic() + _FORGET_PIN_HISTORY_S
             now = self.elapsed()
             in_cycle = now - cycle * CYCLE_S
             while step < len(self._steps) and self._steps[step][0] <= in_cycle:
@@ -120,7 +127,8 @@ class GpioScenario(Simulator):
             if in_cycle >= CYCLE_S:
                 cycle, step = cycle + 1, 0
                 continue
-            self._stop.wait(max(0.0, min(wake) - (self.elapsed() - cycle * CYCLE_S)) / self.speed)
+            wait_s = max(0.0, min(wake) - (self.elapsed() - cycle * CYCLE_S)) / self.speed
+            self._stop.wait(min(wait_s, max(0.0, forget_at - time.monotonic())))
 
 
 class GeneratorSimulator(GpioScenario):
@@ -252,6 +260,12 @@ class LockerSimulator(GpioScenario):
                 pin.drive_low()
             time.sleep(gap_s)
         self.drive(door, False)
+
+
+def forget_pin_history(factory: Any) -> None:
+    """Empty the state log of every mock pin (the simulator drives them for months, not for a test)."""
+    for pin in list(factory.pins.values()):
+        pin.clear_states()
 
 
 # (scenario second, what the loop does): a visit; the paper-clip attack (the pair bridged, the door opened

@@ -61,6 +61,7 @@ class WaterDriver(GpioDriver):
     Config = WaterConfig
     simulator = "drivers.gpio_sim:WaterSimulator"
     alarm_prefixes = ("tank_low", "tank_overflow", "leak_detected", "continuous_flow")
+    counters = ("total_l",)
 
     @classmethod
     def claims(cls, config: WaterConfig, key: str) -> list[tuple[str, str]]:
@@ -87,7 +88,7 @@ class WaterDriver(GpioDriver):
                                  "it reports nothing")
 
     def begin(self, now: float) -> None:
-        self.total_l_base = float(self.saved.get("total_l", 0.0))
+        self.total_l_base = self.ctx.resume_counter("total_l", float(self.saved.get("total_l", 0.0)))
         self.tank_pct: float | None = None
         # Hysteresis carries across a restart: an alarm still listed holds until its clear mark.
         active = self.ctx.active_alarms() if self.tank is not None else {}

@@ -107,7 +107,10 @@ class Message:
 class Subscriber:
     """A real MQTT client that records every message it gets and waits on conditions."""
 
-    def __init__(self, port: int, topics: str | list[str] = "#", *, client_id: str | None = None, **connect: Any):
+    def __init__(self, port: int, topics: str | list[str] = "#", *, client_id: str | None = None,
+                 session_expiry_s: int = 0, **connect: Any):
+        """`session_expiry_s`: a persistent session (with `client_id`), as a dashboard keeps: the broker
+        queues what comes while it is away, across a broker restart with persistence."""
         self.messages: list[Message] = []
         self._lock = threading.Lock()
         self._topics = [topics] if isinstance(topics, str) else topics
@@ -124,7 +127,17 @@ class Subscriber:
         if "ca_certs" in connect:  # TLS, verified against this CA
             self.client.tls_set(ca_certs=connect.pop("ca_certs"), certfile=connect.pop("certfile", None),
                                 keyfile=connect.pop("keyfile", None))
-        self.client.connect(connect.pop("host", "127.0.0.1"), port)
+        host = connect.pop("host", "127.0.0.1")
+        if session_expiry_s:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = session_expiry_s
+            self.client.connect(host, port, clean_start=False, properties=properties)
+            self.client.reconnect_delay_set(0.1, 0.5)  # back quickly after a broker restart
+        else:
+            self.client.connect(host, port)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise AssertionError("test subscriber could not subscribe")

@@ -9,6 +9,8 @@ import io
 import math
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import tomllib
 import types
@@ -372,6 +374,34 @@ def test_refused_config(case, capsys):
     assert (code, out, err) == (EX_CONFIG, "", f"boxtel: {path}: {expected}\n")
 
 
+def test_a_config_not_in_utf8_is_one_line_for_every_command_and_a_bom_is_skipped(tmp_path):
+    """Saved in Latin-1 on a technician's laptop: `status` and `doctor` read the same file (leniently)."""
+    latin1 = tmp_path / "agent.toml"
+    latin1.write_bytes(b'[box]\nid = "pib-001"\nsite = "Besan\xe7on"\n')
+    for command in ("check-config", "status", "doctor", "run"):
+        result = boxtel(command, "-c", str(latin1))
+        assert result.returncode != 0 and "Traceback" not in result.stderr + result.stdout, (command, result)
+    assert "not UTF-8 text: byte 0xE7 on line 3" in boxtel("doctor", "-c", str(latin1)).stdout
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b'\xef\xbb\xbf[box]\nid = "pib-001"\nstate_dir = "state"\n')
+    assert boxtel("check-config", "-c", str(bom)).returncode == 0
+
+
+@pytest.mark.parametrize("command", ["check-config", "doctor"])
+def test_output_into_a_pipe_closed_early_is_no_traceback(tmp_path, command):
+    """`boxtel doctor | head -1`: the reader has gone; the command stops quietly, as a shell tool does."""
+    config = tmp_path / "agent.toml"
+    config.write_text(toml_dumps({"box": {"id": "pib-001", "state_dir": "state"}}))
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run([sys.executable, "-m", "agent", command, "-c", str(config)], stdout=writer,
+                                stderr=subprocess.PIPE, text=True, timeout=60, cwd=ROOT)
+    finally:
+        os.close(writer)
+    assert (result.returncode, result.stderr) == (141, ""), result.stderr
+
+
 def test_every_refused_case_has_its_line():
     assert {p.stem for p in REFUSED.glob("*.toml")} == {p.stem for p in REFUSED.glob("*.err")}
 
@@ -482,6 +512,63 @@ def test_any_float_key_set_to_nan_or_inf_is_refused_naming_it(case):
     assert stderr.getvalue().endswith(f", got {shown}\n"), stderr.getvalue()
 
 
+def _string_keys(cls: type, table: Any, where: tuple) -> list[tuple]:
+    """Key path of every string setting reachable in `table` (a list of strings: its first item)."""
+    found = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        hint, path = _unwrap(hints[field.name]), (*where, field.name)
+        args = typing.get_args(hint)
+        if hint is str or (typing.get_origin(hint) in (typing.Union, types.UnionType) and str in args):
+            found.append(path)
+        elif typing.get_origin(hint) is list and args[0] is str:
+            found.append((*path, 0))
+        elif dataclasses.is_dataclass(hint) and field.name in table:
+            found += _string_keys(hint, table[field.name], path)
+        elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(args[1]):
+            for name, item in table.get(field.name, {}).items():
+                found += _string_keys(args[1], item, (*path, name))
+    return found
+
+
+def _all_string_keys() -> list[tuple]:
+    keys = []
+    for section, cls in _schemas().items():
+        table = MINIMAL.get(section, {})
+        for i, item in enumerate(table if isinstance(table, list) else [table]):
+            keys += _string_keys(cls, item, (section, i) if isinstance(table, list) else (section,))
+    return keys
+
+
+STRING_KEYS = _all_string_keys()
+
+
+def test_every_section_has_its_string_keys_walked():
+    assert {("box", "id"), ("box", "state_dir"), ("mqtt", "topic_prefix"), ("gps", "port"), ("gps", "baud"),
+            ("locker", 0, "name"), ("locker", 0, "armed_schedule", 0)} <= set(STRING_KEYS)
+
+
+@pytest.mark.parametrize("char", ["\x00", "\n", "\r", "\x1b", "\x85", "\u2028"], ids=repr)
+def test_every_string_key_refuses_control_characters_naming_it(tmp_path, char):
+    """Every string -- ids, names, topics, paths, schedule windows -- ends in topics, payloads or log lines."""
+    for path in STRING_KEYS:
+        data = copy.deepcopy({"box": MINIMAL["box"], path[0]: MINIMAL.get(path[0], {})})
+        table = data
+        for key, then in zip(path[:-1], path[1:], strict=True):
+            table = table[key] if isinstance(key, int) else table.setdefault(key, [] if isinstance(then, int) else {})
+        if isinstance(path[-1], int):
+            table[:] = ["x"]
+        table[path[-1]] = f"ab{char}c"
+        file = tmp_path / "agent.toml"
+        file.write_text(toml_dumps(data))
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            code = main(["check-config", "-c", str(file)])
+        assert code == EX_CONFIG, (path, stderr.getvalue())
+        assert stderr.getvalue() == (f"boxtel: {file}: {_key_text(path)}: control character U+{ord(char):04X} at "
+                                     "position 3 is not allowed\n")
+
+
 # Numbers bounded another way than `max=`: a set of valid values checked in the section's validate().
 _BOUNDED_ELSEWHERE = {("InputConfig", "pin"): "BCM_PINS", ("TamperConfig", "pin"): "BCM_PINS", ("GpsConfig", "baud"): "BAUDS"}
 
@@ -517,12 +604,18 @@ def test_every_number_setting_has_an_upper_bound():
     assert not unbounded, f"no max= for: {unbounded}"
 
 
-def test_unsafe_characters_are_exactly_unicodes_controls_separators_and_surrogates():
+def test_unsafe_characters_are_exactly_unicodes_controls_separators_surrogates_and_invisibles():
     import sys
     import unicodedata
 
     from agent.errors import unsafe_char
 
+    # Of the format characters (Cf): the invisible ones and the bidi controls ("Trojan Source"), not
+    # e.g. the soft hyphen or the Arabic number signs, which are text.
+    invisible = {0x061C, 0x180E, *range(0x200B, 0x2010), *range(0x202A, 0x202F), *range(0x2060, 0x2065),
+                 *range(0x2066, 0x2070), 0xFEFF}
+    assert all(unicodedata.category(chr(c)) == "Cf" for c in invisible)
     wrong = [hex(c) for c in range(sys.maxunicode + 1)
-             if unsafe_char(chr(c)) != (unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp", "Cs"))]
+             if unsafe_char(chr(c)) != (unicodedata.category(chr(c)) in ("Cc", "Zl", "Zp", "Cs") or c in invisible)]
     assert not wrong
+

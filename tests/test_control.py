@@ -3,11 +3,14 @@ never hold up the core."""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
+import random
 import socket
 import stat
+import threading
 
 import pytest
 
@@ -101,22 +104,54 @@ def test_bad_requests_get_an_error_line_and_the_connection_stays_usable(broker, 
         assert ask(sock, {"cmd": "status"})["status"]["box"] == "test-001"
 
 
-def test_clients_beyond_the_cap_are_turned_away(broker, make_config, run_agent):
+def test_clients_that_connect_and_never_ask_cannot_lock_a_technician_out(broker, make_config, run_agent):
+    """Slowloris: every slot held by a client that sends nothing (or half a request). The newcomer is
+    served; the one idle longest is told why and closed; a watcher goes only when every slot watches."""
     config = make_config(broker, SIMULATED)
-    run_agent(config)
+    agent = run_agent(config)
     path = socket_of(config)
     wait_until(lambda: is_socket(path), what="the control socket")
-    held = [control.connect(path) for _ in range(control.MAX_CLIENTS)]
+    watcher = control.connect(path)
+    assert ask(watcher, {"cmd": "watch"}) == {"ok": True, "watching": True}
+    held = [control.connect(path) for _ in range(control.MAX_CLIENTS - 1)]
     try:
-        for sock in held:  # every one of them is being served
-            assert ask(sock, {"cmd": "pins"})["ok"]
-        with control.connect(path) as extra:
-            refused = json.loads(extra.makefile("rb").readline())
-        assert refused == {"ok": False, "error": f"too many diagnostics clients (at most {control.MAX_CLIENTS})"}
+        held[0].sendall(b'{"cmd": "sta')  # half a request, never finished
+        wait_until(lambda: control.request(path, "status")["ok"], what="a status while every slot is held")
+        status = boxtel("status", "-c", str(config))
+        assert status.returncode == 0 and f"pid {agent.pid}" in status.stdout, status
+        told = json.loads(held[0].makefile("rb").readline())  # the first of them was idle longest
+        assert told["ok"] is False and "idle longest" in told["error"], told
+        assert held[0].recv(1) == b""
+        watcher.settimeout(10)
+        assert b'"type":' in watcher.recv(65536)  # the watcher still streams
     finally:
-        for sock in held:
+        for sock in [watcher, *held]:
             sock.close()
-    wait_until(lambda: _status_or_none(path), what="a free slot again")
+    assert "Traceback" not in agent.log()
+
+
+def test_a_burst_of_clients_at_once_is_served_every_one(broker, make_config, run_agent):
+    """A hundred `boxtel status` at once (a monitoring script gone wild): each one waits its turn and is
+    answered; none is refused for a full accept queue (EAGAIN) or for the cap."""
+    config = make_config(broker, SIMULATED)
+    agent = run_agent(config)
+    path = socket_of(config)
+    wait_until(lambda: is_socket(path), what="the control socket")
+    answers: list = []
+
+    def ask_status() -> None:
+        try:
+            answers.append(control.request(path, "status", timeout_s=60)["ok"])
+        except UnavailableError as err:
+            answers.append(str(err))
+
+    burst = [threading.Thread(target=ask_status) for _ in range(100)]
+    for thread in burst:
+        thread.start()
+    for thread in burst:
+        thread.join(90)
+    assert answers == [True] * 100, [a for a in answers if a is not True][:3]
+    assert "Traceback" not in agent.log()
 
 
 def test_a_watcher_that_never_reads_loses_lines_but_never_slows_the_core(broker, make_config, monkeypatch):
@@ -210,6 +245,17 @@ def test_no_request_within_the_cap_can_end_the_control_thread(broker, make_confi
             answer = ask(sock, request + b"\n")
             assert answer["ok"] is False and answer["error"].startswith("bad request"), (request[:40], answer)
             assert ask(sock, {"cmd": "status"})["ok"]  # the same connection goes on
+    # Random bytes are a bad request too (every line of them), and the connection goes on.
+    with control.connect(path) as sock:
+        garbage = bytes(random.Random(12).randrange(256) for _ in range(3000)).replace(b"\n", b"")
+        assert ask(sock, garbage + b"\n")["error"].startswith("bad request")
+        assert ask(sock, {"cmd": "status"})["ok"]
+    # A line past the cap is answered once and the connection closed, however much more comes.
+    with control.connect(path) as sock:
+        with contextlib.suppress(OSError):  # the agent may hang up while we are still sending
+            sock.sendall(b'{"cmd": "status", "pad": "' + b"x" * 1_000_000)
+        answer = json.loads(sock.makefile("rb").readline())
+        assert answer == {"ok": False, "error": f"request longer than {control.MAX_REQUEST_BYTES} bytes"}
     # A command that is a string full of control characters is named escaped, on one line.
     with control.connect(path) as sock:
         unknown = ask(sock, {"cmd": "x\nboxtel.core: forged line\x1b[2J"})

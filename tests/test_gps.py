@@ -389,6 +389,22 @@ def test_a_single_rmc_dated_2079_never_moves_the_clock(gps):
     assert abs(clock.now() - box.epoch_s) < 5.0
 
 
+def test_checksummed_absurd_values_never_reach_a_reading_and_count_in_health(gps):
+    box = gps().start()
+    box.wait_reading(lambda r: r.get("fix") == "3d", "a 3d fix", feed={})
+    absurd = [("1e308", "99999999.0"), ("nan", "inf")]
+    for alt, knots in absurd:
+        moment = datetime.fromtimestamp(box.next_epoch_s(), tz=UTC)
+        hhmmss, ddmmyy = f"{moment:%H%M%S}.{moment.microsecond // 10000:02d}", f"{moment:%d%m%y}"
+        box.pty.write(sentence(f"GPGGA,{hhmmss},5205.44,N,00507.28,E,1,09,0.9,{alt},M,47.0,M,,"))
+        box.pty.write(sentence(f"GPRMC,{hhmmss},A,5205.44,N,00507.28,E,{knots},90.0,{ddmmyy},,,A"))
+    wait_until(lambda: box.send() or box.driver.health()["gps_rejected"] >= 2 * len(absurd), 10, "gps_rejected")
+    box.drain()
+    for reading in box.readings:
+        assert reading.get("alt_m") is None or -1_000 <= reading["alt_m"] <= 50_000, reading
+        assert reading.get("speed_mps") is None or 0 <= reading["speed_mps"] <= 1_000, reading
+
+
 def test_gps_time_counts_only_after_several_epochs_agree_with_the_monotonic_clock(gps):
     clock = Clock(kernel_synced=lambda: False)
     box = gps(clock=clock).start()

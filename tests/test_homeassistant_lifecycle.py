@@ -123,3 +123,35 @@ def test_two_boxes_announce_once_answer_home_assistant_and_take_back_what_is_gon
         ha.close()
         for proxy in proxies.values():
             proxy.close()
+
+
+def test_a_flood_of_home_assistant_births_costs_one_announcement(make_broker, make_config, run_agent, tmp_path):
+    # Anyone allowed to write homeassistant/status: 200 births in a burst must not become 200 rounds of
+    # every config on a billed link.
+    broker = make_broker()
+    ha = Subscriber(broker.port, ["homeassistant/#", "boxtel/#"])
+    try:
+        path = make_config(broker, {"simulate": True, "homeassistant": {"enabled": True},
+                                    "locker": [{"name": "armory-1", "door": {"pin": 5}}],
+                                    "host": {"interval_s": 1.0, "power_check_s": 1.0, "min_interval_s": 0.0,
+                                             "max_interval_s": 1.0}})
+        want = {t for t, _ in discovery_messages(load(path), __version__)}
+        agent = run_agent(path)
+
+        def configs() -> list:
+            return [m for m in ha.on("homeassistant/+/+/+/config") if m.raw]
+
+        wait_until(lambda: {m.topic for m in configs()} == want, what="the first announcement")
+        ha.wait_for("boxtel/test-001/status", lambda p: p["state"] == "online")
+        ha.clear()
+        for _ in range(200):
+            ha.client.publish("homeassistant/status", "online", qos=1)
+        wait_until(lambda: "announced itself again within 60 s" in agent.log(), what="the flood noticed")
+        # Two health readings later the agent has long since taken every birth (they came in one burst),
+        # and what it answered them with was sent before these.
+        seen = len(ha.on("boxtel/test-001/health"))
+        wait_until(lambda: len(ha.on("boxtel/test-001/health")) >= seen + 2, what="two more health readings")
+        assert sorted(m.topic for m in configs()) == sorted(want)  # one round, not 200
+        assert agent.log().count("announced itself again") == 1
+    finally:
+        ha.close()

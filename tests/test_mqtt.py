@@ -10,6 +10,7 @@ import time
 import pytest
 
 from agent.publisher import Backoff
+from tests.proxy import CUT, PASS, LinkProxy
 from tests.support import Subscriber, boxtel, wait_until
 
 STATUS = "boxtel/test-001/status"
@@ -107,7 +108,13 @@ def test_backoff_has_jitter_and_cap():
     lambda birth: json.dumps({"state": "offline", "session": birth["session"], "reason": "connection lost"}),
     lambda birth: "[" * 1500 + "]" * 1500,
     lambda birth: "",  # an empty retained message clears the status: the box is unknown until answered
-], ids=["stale-will", "forged-will-with-the-live-session", "nested-junk", "cleared"])
+    # A forged "online" from a session yet to come: it would claim the box for whoever sent it.
+    lambda birth: json.dumps({**birth, "session": birth["session"] + 1000}),
+    lambda birth: json.dumps({**birth, "session": str(birth["session"])}),  # our birth, but a string number
+    lambda birth: json.dumps([birth]),  # a JSON array holding our birth is not our birth
+    lambda birth: json.dumps({**birth, "pad": "x" * 256_000}),  # 256 kB: refused by size, never parsed
+], ids=["stale-will", "forged-will-with-the-live-session", "nested-junk", "cleared", "forged-online-future-session",
+        "session-as-a-string", "json-array", "256-kB"])
 def test_a_status_other_than_our_birth_is_answered_with_a_fresh_birth(
     broker, make_config, subscribe, run_agent, displacing
 ):
@@ -117,10 +124,14 @@ def test_a_status_other_than_our_birth_is_answered_with_a_fresh_birth(
     # A will from an earlier session reaches the broker late and overwrites the retained status.
     count = len(sub.on(STATUS))
     sub.client.publish(STATUS, displacing(birth), qos=1, retain=True)
-    again = sub.wait_for(STATUS, online, after=count).json
-    assert again["session"] == birth["session"]
+
+    def ours(payload) -> bool:  # the agent's own birth, exactly: a forgery may claim "online" too
+        return isinstance(payload, dict) and {k: v for k, v in payload.items() if k != "ts"} == \
+            {k: v for k, v in birth.items() if k != "ts"}
+
+    sub.wait_for(STATUS, ours, after=count)
     late = subscribe(STATUS)
-    assert online(late.wait_for(STATUS).json)
+    assert ours(late.wait_for(STATUS).json)
     assert "Traceback" not in agent.log()
 
 
@@ -237,12 +248,38 @@ NO_HISTORY_ACL = acl_allowing("status", "health", "events")
 OPEN_ACL = acl_allowing("#")
 
 
-def test_publish_refused_by_acl_is_a_health_error_not_a_success(make_broker, make_config, subscribe, run_agent):
+@pytest.fixture
+def start_with_history(make_config, run_agent):
+    """Start an agent whose first health reading is certainly history: its link starts cut and passes
+    once that reading waits in the outbox. Returns (agent, config path)."""
+    proxies: list[LinkProxy] = []
+
+    def start(broker):
+        proxy = LinkProxy(broker.port)
+        proxies.append(proxy)
+        proxy.set_mode(CUT)
+        config = make_config(None, {**FAST_HEALTH, "mqtt": {"port": proxy.port}})
+        agent = run_agent(config)
+
+        def queued() -> bool:
+            result = boxtel("status", "--json", "-c", str(config))
+            return result.returncode == 0 and json.loads(result.stdout).get("outbox_depth", 0) >= 1
+
+        wait_until(queued, what="a health reading kept while offline")
+        proxy.set_mode(PASS)
+        return agent, config
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
+
+
+def test_publish_refused_by_acl_is_a_health_error_not_a_success(make_broker, subscribe, start_with_history):
     # The box may write its status, health and events, but not history: the first health reading
-    # (taken before the connection is up) is history and will be refused.
+    # (kept while the link was cut) is history and will be refused.
     broker = make_broker(acl=NO_HISTORY_ACL)
     sub = subscribe(target=broker)
-    agent = run_agent(make_config(broker, FAST_HEALTH))
+    agent, _ = start_with_history(broker)
     health = sub.wait_for(HEALTH, lambda p: p["publish_errors"] >= 1).json
     assert "Not authorized" in health["last_publish_error"] and "0x87" in health["last_publish_error"]
     assert health["outbox_depth"] >= 1  # refused means kept, not deleted
@@ -250,12 +287,9 @@ def test_publish_refused_by_acl_is_a_health_error_not_a_success(make_broker, mak
     assert "Not authorized" in agent.log()
 
 
-def test_refused_publishes_go_again_at_once_on_a_new_connection_and_the_warn_clears(
-    make_broker, make_config, run_agent
-):
+def test_refused_publishes_go_again_at_once_on_a_new_connection_and_the_warn_clears(make_broker, start_with_history):
     broker = make_broker(acl=NO_HISTORY_ACL)
-    config = make_config(broker, FAST_HEALTH)
-    agent = run_agent(config)
+    agent, config = start_with_history(broker)
     refused = wait_until(lambda: re.search(r"broker refused seq (\d+).*retry in 30 s", agent.log()),
                          what="a refused history message")
     status = boxtel("status", "-c", str(config))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.gps.nmea import PLAUSIBLE, EpochDecoder, LineReader, decode_capture, new_stats
+from drivers.gps.nmea import PLAUSIBLE, SKY_MAX, EpochDecoder, LineReader, decode_capture, new_stats
 from drivers.gps.sim import HOME, corrupt, epoch_sentences, sentence
 
 T0 = 1_764_150_000.0  # 2025-11-26T09:40:00Z
@@ -114,6 +115,46 @@ def test_checksummed_but_absurd_values_are_nulled_and_counted():
     ok = decode("GPGGA,094000.00,5205.44,N,00507.28,E,1,09,0.9,49999.0,M,47.0,M,,",
                 "GPRMC,094000.00,A,5205.44,N,00507.28,E,0.0,0.0,261125,,,A")
     assert ok[-1].alt_m == 49999.0 and ok[-1].course_deg == 0.0 and ok[-1].speed_mps == 0.0
+
+
+@pytest.mark.parametrize("word", ["nan", "inf", "-inf", "NaN", "Infinity"])
+def test_checksummed_nan_and_inf_are_nulled_and_counted_like_any_absurd_value(word):
+    stats = new_stats()
+    decoder = EpochDecoder(stats)
+    fixes = []
+    for body in (f"GPGGA,094000.00,5205.44,N,00507.28,E,1,09,0.9,{word},M,47.0,M,,",
+                 f"GPRMC,094000.00,A,5205.44,N,00507.28,E,{word},{word},261125,,,A",
+                 "GPGGA,094001.00,5205.44,N,00507.28,E,1,09,0.9,5.0,M,47.0,M,,"):
+        fixes += decoder.feed(sentence(body).strip())
+    dated = [f for f in fixes if f.time]
+    assert dated and abs(dated[0].lat - 52.0906667) < 1e-6
+    assert (dated[0].alt_m, dated[0].speed_mps, dated[0].course_deg) == (None,) * 3
+    assert stats["rejected"] >= 3  # altitude, speed, course withheld, and counted (health: gps_rejected)
+
+
+@pytest.mark.parametrize("position", ["9100.000,N,00507.28,E", "5205.44,N,18100.000,E", "9959.999,S,35959.999,W"])
+def test_a_checksummed_position_off_the_globe_is_no_position_and_counted(position):
+    stats = new_stats()
+    decoder = EpochDecoder(stats)
+    fixes = []
+    for body in (f"GPGGA,094000.00,{position},1,09,0.9,5.0,M,47.0,M,,",
+                 f"GPRMC,094000.00,A,{position},0.0,0.0,261125,,,A",
+                 "GPGGA,094001.00,5205.44,N,00507.28,E,1,09,0.9,5.0,M,47.0,M,,"):
+        fixes += decoder.feed(sentence(body).strip())
+    dated = [f for f in fixes if f.time]
+    assert dated and all((f.lat, f.lon, f.alt_m, f.fix) == (None, None, None, "none") for f in dated)
+    assert stats["rejected"] >= 1  # health: gps_rejected
+
+
+def test_a_talker_sending_only_gsv_or_gsa_never_grows_the_decoder_without_end():
+    """No timed sentence ever closes the cycle: the satellite lists stay bounded by SKY_MAX."""
+    only_gsv, only_gsa = EpochDecoder(new_stats()), EpochDecoder(new_stats())
+    for n in range(5_000):
+        only_gsv.feed(sentence(f"GPGSV,3,{n % 2 + 1},12,{n % 99 + 1:02d},40,083,46,{n % 98 + 1:02d},40,083,45").strip())
+        only_gsa.feed(sentence("GNGSA,A,3," + ",".join(f"{(n + k) % 99 + 1:02d}" for k in range(12)) +
+                               ",1.6,0.9,1.3").strip())
+    assert len(only_gsv._session.gsv_snr) == SKY_MAX and only_gsv._session.gsv_count == SKY_MAX
+    assert len(only_gsa._session.sats_used) == SKY_MAX
 
 
 def test_altitude_needs_a_3d_fix():

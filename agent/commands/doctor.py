@@ -484,6 +484,16 @@ def check_mqtt_login(ctx: Context) -> list[Result]:
     return [Result(OK, "mqtt login", f"the broker accepted {user}")]
 
 
+def check_box_identity(ctx: Context) -> list[Result]:
+    """Another client with this box id (a cloned SD card, a copied config) took the agent's connection."""
+    if ctx.agent is None or not ctx.agent.get("mqtt_takeovers"):
+        return []
+    ago = ctx.agent.get("mqtt_takeover_ago_s")
+    return [Result(FAIL, "box id", f"{ctx.agent['mqtt_takeover_problem']} ({ctx.agent['mqtt_takeovers']} times, "
+                   f"last {ago} s ago)",
+                   "give each box its own box.id (and a fresh state dir); `boxtel fleet` shows the box as a conflict")]
+
+
 def check_clock(ctx: Context) -> list[Result]:
     from agent.clock import iso_ms, kernel_clock_synchronised
 
@@ -632,6 +642,7 @@ CHECKS: list[Callable[[Context], list[Result]]] = [
     check_client_certificate,
     check_tls,
     check_mqtt_login,
+    check_box_identity,
     check_clock,
     check_chrony,
     check_state_dir,

@@ -85,6 +85,9 @@ def _mqtt(snap: dict[str, Any]) -> list[Mark]:
     else:
         why = snap.get("mqtt_last_error") or "no connection yet"
         marks = [Mark("mqtt", FAIL, f"not connected to {broker}: {why}")]
+    if snap.get("mqtt_takeovers"):
+        marks.append(Mark("mqtt", FAIL, f"{snap['mqtt_takeover_problem']} ({snap['mqtt_takeovers']} times, last "
+                          f"{duration(snap.get('mqtt_takeover_ago_s'))} ago; each box needs its own box.id)"))
     if snap.get("refused_pending"):  # cleared once they are delivered (publish_errors only grows)
         marks.append(Mark("mqtt", WARN, f"the broker refused {snap['refused_pending']} publishes, kept and "
                           f"retried (ACL?): {snap.get('last_publish_error')}"))

@@ -255,6 +255,8 @@ def _format_table(header: str, cells: list[tuple[str, ...]], limit: int | None) 
 
 def _cells(view: BoxView, now: float) -> tuple[str, ...]:
     status = "?" if view.state is None else view.state.upper() if view.state == "offline" else view.state
+    if view.id_conflicts:
+        status = f"ID CONFLICT ({view.id_conflicts}) {status}"  # two boxes take turns with this box id
     if view.since:
         status += " " + _age(_epoch(view.since), now)
     seen = "-" if view.last_seen is None else _age(view.last_seen, now)

@@ -14,6 +14,8 @@ generator, water, doors, active alarms, outbox depth, clock source -- and accoun
 - A birth whose `session` is lower than the one known means the box lost its state dir: its `seq`
   started again, so the accounting starts again (`seq_resets`). A will from an older session than the
   current birth is stale and ignored (the box republishes its birth anyway).
+- Births that alternate between two agents (their `instance`, or `boot_id` from older agents) are two
+  boxes sharing one box id -- a cloned SD card or a copied config: the box shows as a conflict.
 
 Single-threaded: the caller serialises `ingest()`, `settle()` and the readers.
 """
@@ -29,6 +31,7 @@ from typing import Any
 SETTLE_S = 10.0  # how long a gap may wait for redelivery or replay before it counts as lost
 _MAX_TRACKED_GAP = 10_000  # a bigger jump is counted lost at once, not remembered seq by seq
 _MAX_LOST_REMEMBERED = 10_000  # per box; beyond this, lost seqs are only counted
+_AGENTS_REMEMBERED = 4  # per box: the agents of its latest births, to see two of them alternate
 
 
 def iso_utc(epoch_s: float) -> str:
@@ -129,6 +132,8 @@ class BoxView:
     seq_resets: int = 0
     stale_wills: int = 0
     bad_payloads: int = 0
+    id_conflicts: int = 0  # births from an agent that had already given way to another with this id
+    agents: tuple = ()  # the agents of the latest births, newest last
     seq: SeqTracker = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -172,12 +177,13 @@ class BoxView:
             "seq_duplicates": seq.duplicates,
             "seq_dropped": self.dropped_since_start,
             "seq_resets": self.seq_resets,
+            "id_conflicts": self.id_conflicts,
         }
 
 
 def sort_key(view: BoxView) -> tuple:
     """Boxes with alarms first, then offline ones, then those losing messages, then by id."""
-    return (not view.alarms, view.state != "offline", not view.seq_lost, view.box)
+    return (not view.alarms, not view.id_conflicts, view.state != "offline", not view.seq_lost, view.box)
 
 
 class FleetModel:
@@ -310,6 +316,11 @@ class FleetModel:
             view.seq_resets += 1
             view.seq = SeqTracker()
             view.dropped_base = None
+        agent = data.get("instance") or data.get("boot_id")
+        if state == "online" and isinstance(agent, str) and not retained:
+            if agent in view.agents[:-1]:
+                view.id_conflicts += 1  # an agent came back after another took over: two boxes, one id
+            view.agents = (*(a for a in view.agents if a != agent), agent)[-_AGENTS_REMEMBERED:]
         since = data.get("ts") if retained else iso_utc(wall if wall is not None else time.time())
         if state != view.state or session != view.session:
             view.since = since if isinstance(since, str) else None

@@ -25,6 +25,7 @@ class GeneratorDriver(Driver):
     section = "generator"
     Config = GeneratorConfig
     simulator = "drivers.generator.simulator:generator_simulator"
+    counters = ("run_hours",)  # never goes back (the GPIO source resumes it; a controller counts its own)
 
     def __new__(cls, config: GeneratorConfig, ctx: Any) -> Any:
         if cls is GeneratorDriver:

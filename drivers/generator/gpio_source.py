@@ -39,7 +39,7 @@ class GpioGenerator(GeneratorDriver, GpioDriver):
             self.tick_s = min(self.tick_s, self.config.fuel.interval_s)
 
     def begin(self, now: float) -> None:
-        self.run_hours = float(self.saved.get("run_hours", 0.0))
+        self.run_hours = self.ctx.resume_counter("run_hours", float(self.saved.get("run_hours", 0.0)))
         self.run_s = float(self.saved.get("run_s", 0.0))
         self._accounted_at = now
         self.fuel_pct: float | None = None

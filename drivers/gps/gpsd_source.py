@@ -28,7 +28,7 @@ log = logging.getLogger("boxtel.gps")
 
 DEFAULT_PORT = 2947
 MAX_LINE = 32 * 1024  # a SKY with every satellite of four constellations is ~10 KB
-MAX_SATELLITES = 256
+MAX_SATELLITES = nmea.SKY_MAX  # the one bound on a sky, the NMEA decoder's
 READ_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 5.0
 WATCH = b'?WATCH={"enable":true,"json":true}\n'

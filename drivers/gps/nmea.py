@@ -62,9 +62,14 @@ NOISE_BYTES = "noise_bytes"  # bytes outside any sentence: binary protocols, a w
 OVERLONG = "overlong"
 REJECTED = "rejected"  # a checksummed value no receiver on Earth can mean (see PLAUSIBLE): published as null
 STAT_KINDS = (SENTENCES_OK, BAD_CHECKSUM, MALFORMED, PROPRIETARY, UNSUPPORTED, NOISE_BYTES, OVERLONG, REJECTED)
+# Satellites of every constellation in view at once stay well under 200: a longer list is a GSV or GSA
+# stream that never closes its cycle (a talker sending nothing else), and must not grow without end.
+SKY_MAX = 256
 # The physical bounds of a fix's values (inclusive). A checksum only proves the line arrived as sent: a
 # buggy or hostile talker can still send altitude 1e308. Checked once, on the decoder's output.
 PLAUSIBLE = {
+    "lat": (-90.0, 90.0),  # out of either, the whole position goes, and the fix with it
+    "lon": (-180.0, 180.0),
     "alt_m": (-1_000.0, 50_000.0),  # Dead Sea shore to well above any balloon a receiver reports from
     "speed_mps": (0.0, 1_000.0),  # COCOM limits receivers to 515 m/s; a container on a truck to ~40
     "course_deg": (0.0, 360.0),
@@ -319,6 +324,9 @@ class EpochDecoder:
                 if value is not None and not low <= value <= high:
                     setattr(fix, name, None)
                     self.stats[REJECTED] += 1
+            if fix.lat is None or fix.lon is None:  # without a position there is no fix, nor altitude
+                fix.lat = fix.lon = fix.alt_m = None
+                fix.fix = FIX_NONE
         return fixes
 
     def _track_cycle(self, kind: str, previous_frac: float | None, update: _Update) -> tuple[bool, bool]:
@@ -624,7 +632,7 @@ class EpochDecoder:
             s.seen_other_gsa = True
         for prn in f[2:-3] if len(f) > 5 else []:
             number = _int(prn)
-            if number is not None and number > 0:
+            if number is not None and number > 0 and len(s.sats_used) < SKY_MAX:
                 s.sats_used.append(number)
         if s.seen_other_gsa and talker_id == "P":
             update.mode = None  # GPS-only GSA beside a multi-constellation one: the latter rules
@@ -641,9 +649,10 @@ class EpochDecoder:
             s.gsv_count = 0
             s.gsv_snr = []
         s.last_gsv_talker = talker
-        s.gsv_count += sum(1 for prn in f[3::4] if prn.isdigit() and prn.strip("0"))
+        s.gsv_count = min(SKY_MAX, s.gsv_count + sum(1 for prn in f[3::4] if prn.isdigit() and prn.strip("0")))
         # (00 or empty: not tracked, e.g. almanac entries at a cold start; not a signal strength)
         s.gsv_snr += [int(snr) for snr in f[6::4] if snr.isdigit() and len(snr) <= 2 and snr != "00"]
+        del s.gsv_snr[SKY_MAX:]
         if part >= total:
             s.sats_seen = s.gsv_count
             s.snr = tuple(s.gsv_snr)
@@ -766,7 +775,7 @@ def _lat_lon(f: list[str]) -> tuple[float, float] | None:
     if len(f) < 4 or not all(f[:4]):
         return None
     lat, lon = _degrees(f[0]), _degrees(f[2])
-    if lat is None or lon is None or abs(lat) > 90.0 or abs(lon) > 180.0:
+    if lat is None or lon is None:  # a latitude of 91 goes on to PLAUSIBLE, to be counted
         return None
     if lat == 0.0 and lon == 0.0:
         return None  # what some receivers print before their first fix: never a position
@@ -795,11 +804,12 @@ def _degrees(text: str) -> float | None:
 
 
 def _float(text: str) -> float | None:
+    """A number as written; `nan` and `inf` too (Python reads them), left for PLAUSIBLE to null and
+    count, as it does 1e308: a checksummed nonsense value is a rejected value, not a silent empty field."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         return None
-    return value if math.isfinite(value) else None
 
 
 def _int(text: str) -> int | None:
