@@ -50,7 +50,12 @@ class MqttSettings:
     cert_file: str = setting("", path=True, doc="client certificate (PEM)")
     key_file: str = setting("", path=True, doc="client private key (PEM); mode 0600, owned by the agent")
     tls_insecure: bool = setting(False, doc="skip certificate and host name checks (warned on every connect)")
-    keepalive_s: int = setting(60, min=5, max=3600, doc="a dead link is noticed within twice this")
+    keepalive_s: int = setting(
+        300, min=5, max=3600, doc="an idle link is checked this often (a ping costs ~200 B); a dead one noticed within twice this"
+    )
+    ack_timeout_s: float = setting(
+        30.0, min=1.0, max=3600.0, doc="a publish unacknowledged this long means the link is dead: reconnect"
+    )
     topic_prefix: str = setting("boxtel", doc="first topic level")
     inflight: int = setting(20, min=1, max=1000, doc="messages handed to the MQTT client at once")
     reconnect_min_s: float = setting(1.0, min=0.1, max=600.0, doc="first reconnect delay")
@@ -118,6 +123,24 @@ class GpioSettings:
     )
 
 
+SCENARIOS = ("demo", "quiet")
+
+
+@dataclass(kw_only=True)
+class SimulationSettings:
+    scenario: str = setting(
+        "demo", choices=SCENARIOS,
+        doc='simulated hardware plays "demo" (every event in two minutes) or "quiet" (a parked box: nothing happens)',
+    )
+
+
+@dataclass(kw_only=True)
+class LinkSettings:
+    budget_mb_month: float = setting(
+        0.0, min=0.0, max=1e6, doc="monthly data budget in MB (10^6 bytes); 0: off. Over it, the agent saves in steps"
+    )
+
+
 # Sections that are not drivers. A feature adds its section here.
 CORE_SECTIONS: dict[str, type] = {
     "box": BoxSettings,
@@ -126,6 +149,8 @@ CORE_SECTIONS: dict[str, type] = {
     "outbox": OutboxSettings,
     "gpio": GpioSettings,
     "homeassistant": HomeAssistantSettings,
+    "simulation": SimulationSettings,
+    "link": LinkSettings,
 }
 
 
@@ -146,6 +171,8 @@ class Config:
     outbox: OutboxSettings
     gpio: GpioSettings
     homeassistant: HomeAssistantSettings
+    simulation: SimulationSettings
+    link: LinkSettings
     drivers: list[DriverEntry] = field(default_factory=list)
     sections: dict[str, Any] = field(default_factory=dict)  # every core section by name
 

@@ -40,6 +40,7 @@ from typing import Any
 from agent import PROJECT_URL, statefile
 from agent.config import Config
 from agent.errors import ConfigError
+from agent.linkbudget import STEPS, max_interval_at
 from agent.throttle import StreamSettings
 
 log = logging.getLogger(__name__)
@@ -132,9 +133,13 @@ def _announced_entities(config: Config, version: str, hardware: tuple[str | None
     for entry, stream in streams:
         if stream == HEALTH:
             health_interval = getattr(entry.config, "max_interval_s", health_interval)
-    entities = expiring(agent_entities(box), health_interval)
+    # With a data budget, a saving step may stretch the intervals: expire after the longest of them.
+    step = STEPS if config.link.budget_mb_month > 0 else 0
+    entities = expiring(agent_entities(box), max_interval_at(step, health_interval, health=True))
     for entry, stream in streams:
         interval = health_interval if stream == HEALTH else getattr(entry.config, "max_interval_s", None)
+        if interval is not None:
+            interval = max_interval_at(step, interval, health=stream == HEALTH)
         entities += expiring(driver_entities(box, entry.section, stream, entry.config), interval)
     return box, entities
 

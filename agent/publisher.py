@@ -44,14 +44,20 @@ from agent.clock import Clock
 from agent.config import Config, MqttSettings
 from agent.errors import ConfigError
 from agent.homeassistant import Announcer
+from agent.linkmeter import LinkMeter
 from agent.tlssession import client_context
 from agent.tlswords import describe, pem_problem
+from agent.topicalias import TopicAliases
 
 log = logging.getLogger("boxtel.mqtt")
 
 _CONNECT_TIMEOUT_S = 10.0
 _STABLE_CONNECTION_S = 30.0  # a connection that lasted this long resets the backoff
 _OFFLINE_ACK_WAIT_S = 2.0  # on stop: how long to wait for the broker to take our clean "offline"
+# MQTT 5: the broker keeps our session this long after a link loss. A reconnect that finds it
+# ("session present") knows the broker kept its state, retained topics included, and resends only what
+# changed; after a longer outage, or a broker that lost it, everything goes out again.
+SESSION_EXPIRY_S = 7 * 86400
 _SAVE_ANNOUNCED = "save announced"  # a work item: write down what was announced, off paho's thread
 _STATUS_MAX_BYTES = 1024  # a status is ~200 bytes; anything bigger on our status topic is not one
 _BIRTH_REPUBLISH_S = 5.0  # at most one birth republished per this, however many statuses displace it
@@ -72,6 +78,7 @@ def takeover_problem(box_id: str) -> str:
 @dataclass(frozen=True)
 class Connected:
     session: int
+    resumed: bool = False  # the broker still had our MQTT session (MQTT 5 "session present")
 
 
 @dataclass(frozen=True)
@@ -131,11 +138,17 @@ class StatusGuard:
         self._republish_at = 0.0  # monotonic: not before
         self._warn_at = 0.0
         self._unwarned = 0
+        self._birth_back = False  # the broker has sent this connection's birth back to us
 
     def seen(self, status: StatusSeen, own: dict[str, Any], now: float) -> None:
         fields = status.fields
         if fields is not None and {k: v for k, v in fields.items() if k != "ts"} == own:
             self._displaced = None  # our birth (as published, bar its time) is what the broker keeps
+            self._birth_back = True
+            return
+        if not self._birth_back:
+            # Ahead of our birth's echo: published before it, so our birth has replaced it already. A
+            # resumed MQTT session delivers the will of the connection that died just so.
             return
         self.foreign += 1
         self._displaced = status
@@ -177,6 +190,7 @@ class StatusGuard:
 
     def new_connection(self) -> None:
         self._displaced = None  # a fresh birth goes out with every connection
+        self._birth_back = False
 
 
 def tls_context(settings: MqttSettings, *, file: str) -> ssl.SSLContext:
@@ -272,6 +286,9 @@ class Publisher:
         self.last_error: str | None = None
         self.last_error_mono: float | None = None
         self.last_progress = time.monotonic()
+        self.meter = LinkMeter()
+        self._aliases = TopicAliases(0)
+        self.topic_bytes: Callable[[str, int], None] = lambda topic, size: None  # the core's per-topic tally
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -307,10 +324,22 @@ class Publisher:
             client, session, connected = self._client, self.session, self.connected
         if client is None or not connected:
             return None
-        info = client.publish(topic, payload, qos=1, retain=retain)
+        name, properties = self._aliases.publish_args(topic)
+        info = client.publish(name, payload, qos=1, retain=retain, properties=properties)
+        self.topic_bytes(topic, len(payload) + len(name))
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return None
         return session, info.mid
+
+    def drop_link(self, reason: str) -> None:
+        """Treat the connection as dead (a publish waited too long for its PUBACK): close it and
+        reconnect, without waiting for keep-alive to notice."""
+        with self._client_lock:
+            client, connected = self._client, self.connected
+            self.connected = False  # nothing more for this connection; on_disconnect keeps our reason
+        if client is not None and connected:
+            self._record_error(f"connection lost: {reason}")
+            client.disconnect()
 
     def alive(self) -> str | None:
         """For the systemd watchdog: None while the supervisor and, when connected, paho's thread run."""
@@ -381,7 +410,7 @@ class Publisher:
                 self.settings.host,
                 self.settings.effective_port,
                 keepalive=self.settings.keepalive_s,
-                **({"clean_start": True} if self._v5 else {}),
+                **({"clean_start": False, "properties": _session_properties()} if self._v5 else {}),
             )
         except (OSError, ssl.SSLError, ValueError) as err:
             self._record_error(f"cannot connect to {self.settings.host}:{self.settings.effective_port}: "
@@ -501,6 +530,8 @@ class Publisher:
         client.on_disconnect = self._guard(functools.partial(self._on_disconnect, session))
         client.on_publish = self._guard(functools.partial(self._on_publish, session))
         client.on_message = self._guard(self._on_message)
+        client.on_socket_open = self._guard(lambda client, userdata, sock: self.meter.opened(sock))
+        client.on_socket_close = self._guard(lambda client, userdata, sock: self.meter.closed(sock))
         return client
 
     def _guard(self, callback: Callable[..., None]) -> Callable[..., None]:
@@ -520,9 +551,16 @@ class Publisher:
             return
         if self._tls is not None:
             self._tls.remember(client.socket())  # the next reconnect resumes this TLS session
+        resumed = bool(getattr(flags, "session_present", False)) and self._v5
+        maximum = getattr(properties, "TopicAliasMaximum", 0) if self._v5 and properties is not None else 0
+        self._aliases = TopicAliases(maximum)  # before `connected`: the core publishes through it
         self._broker_leaving = False
-        # Subscribed before the birth: the retained status the broker returns is the one from before it.
-        client.subscribe(self.status_topic, qos=1)
+        # Subscribed before the birth: the retained status the broker returns is the one from before it
+        # (another instance's, if one took our id over meanwhile). Also on a resumed session, which holds
+        # the subscription already: this read costs ~0.6 kB per reconnect and is the only way to see a
+        # rival on a broker that does not send reason 0x8E. QoS 0: a check while connected, not a record
+        # -- no PUBACK for our birth's echo, and no copy of the dead connection's will kept for us.
+        client.subscribe(self.status_topic, qos=0)
         # The birth is queued before `connected` lets the core publish: nothing of a session may reach
         # the broker ahead of its birth.
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
@@ -534,8 +572,9 @@ class Publisher:
         if self.connects > 1:
             self.reconnects += 1
         log.info("connected to %s:%d (session %d)", self.settings.host, self.settings.effective_port, session)
-        self.announcer.subscribe(client)
-        self._notify(Connected(session))
+        if not resumed:  # a resumed session still holds this subscription
+            self.announcer.subscribe(client)
+        self._notify(Connected(session, resumed))
 
     def _on_disconnect(self, session: int, client, userdata, flags, reason_code, properties) -> None:
         with self._client_lock:
@@ -587,6 +626,12 @@ class Publisher:
             log.warning("%s", message)
         self.last_error = message
         self.last_error_mono = time.monotonic()
+
+
+def _session_properties() -> Properties:
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = SESSION_EXPIRY_S
+    return properties
 
 
 def _no_passphrase() -> str:

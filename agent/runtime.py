@@ -23,22 +23,31 @@ from agent.clock import Clock
 from agent.config import Config
 from agent.control import ControlServer
 from agent.errors import BoxtelError, ConfigError
+from agent.linkbudget import HEALTH_SAVING, HISTORY_SAVING, LinkBudget, max_interval_at
 from agent.outbox import EVENT, HISTORY, LIVE, Outbox, OutboxError
 from agent.publisher import Connected, Delivered, Disconnected, Publisher
 from agent.replay import ReplayPacer
 from agent.sdnotify import Notifier, Watchdog, watchdog_interval_s
-from agent.throttle import StreamSettings, StreamThrottle
+from agent.throttle import INF, StreamSettings, StreamThrottle
 from drivers import driver_class
 from drivers.base import Driver, DriverContext
 
 log = logging.getLogger("boxtel.core")
 
 HEALTH = "health"
-_AGENT_HEALTH_INTERVAL_S = 60.0  # health without a [host] section: agent figures only
+_AGENT_HEALTH_INTERVAL_S = 60.0  # health without a [host] section: agent figures only, looked at this often
+_AGENT_HEALTH = StreamSettings(min_interval_s=60.0)  # ... sent at most once a minute, at least hourly
+# Health figures of the core that are no reason to send health on their own (they ride along with the
+# next send): they change all the time, or something else already told (a reconnect has its birth).
+_HEALTH_RIDES_ALONG = ("agent_uptime_s", "outbox_depth", "outbox_oldest_s", "outbox_bytes", "replay_rate",
+                       "reconnects", "mqtt_last_error")
+_HEALTH_DEADBAND = {"clock_offset_s": 1.0}
+_HEALTH_TRIGGERS = ("dropped", "publish_errors")
 _STOP_DELIVERY_S = 1.0  # on stop: time given to deliver what is pending before "offline"
 _REFUSED_RETRY_MIN_S = 30.0
 _REFUSED_RETRY_MAX_S = 3600.0
 _DISK_RETRY_S = 10.0  # outbox in memory after a disk failure: try the disk again this often
+_LINK_SAMPLE_S = 60.0  # the link meter is read and booked this often
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,13 @@ class Agent:
         except OutboxError as err:
             raise ConfigError(str(err), file=config.file, key="box.state_dir") from None
         self.publisher = Publisher(config, self.clock, self.bus.put)
+        self.link = LinkBudget(config.link.budget_mb_month, config.state_dir / "link.json")
+        self.publisher.topic_bytes = self._tally_topic
+        self._link_at = time.monotonic()
+        self._dropping: int | None = None  # the session given up for a missing PUBACK
+        self._on_broker: dict[str, dict[str, Any]] = {}  # stream -> values the broker acknowledged, retained
+        self._live_state: dict[int, tuple[str, dict[str, Any]]] = {}  # seq -> (stream, values), LIVE in flight
+        self._throttle_base: dict[str, tuple[float, float, dict[str, float]]] = {}
         self.publisher.reconnects = int(self.outbox.counters.get((HEALTH, "reconnects"), 0))
         self.simulation = None
         if config.simulate:
@@ -99,7 +115,7 @@ class Agent:
         self.throttles: dict[str, StreamThrottle] = {}
         self._stream_mono: dict[str, float] = {}  # mono of each stream's latest reading
         self._history_mono: dict[str, float] = {}
-        self._inflight: dict[tuple[int, int], tuple[int, int]] = {}  # (session, mid) -> (seq, prio)
+        self._inflight: dict[tuple[int, int], tuple[int, int, float]] = {}  # (session, mid) -> (seq, prio, mono)
         self.replay = ReplayPacer(config.outbox.replay_rate, config.mqtt.inflight)
         self._disk_retry_at: float | None = None
         self._ready_session: int | None = None  # the session whose current state went out first
@@ -145,8 +161,12 @@ class Agent:
             self.throttles[ctx.stream] = StreamThrottle(settings)
             self.drivers.append(driver)
         if HEALTH not in self.throttles:
-            self.throttles[HEALTH] = StreamThrottle(StreamSettings(min_interval_s=0.0))
+            self.throttles[HEALTH] = StreamThrottle(_AGENT_HEALTH)
             self._health_at = time.monotonic()
+        health = self.throttles[HEALTH]
+        health.deadband = {**dict.fromkeys(_HEALTH_RIDES_ALONG, INF), **_HEALTH_DEADBAND, **health.deadband}
+        self._throttle_base = {stream: (t.min_interval_s, t.max_interval_s, dict(t.deadband))
+                               for stream, t in self.throttles.items()}
         self.publisher.start()
         for driver in self.drivers:
             try:
@@ -190,6 +210,8 @@ class Agent:
         self._deliver_pending(_STOP_DELIVERY_S)
         self.publisher.stop("stopped")
         self._drain_bus()
+        self._book_link(time.monotonic())
+        self.link.save()
         self.outbox.close()
         self.notifier.close()
         self.state_lock.release()
@@ -236,7 +258,8 @@ class Agent:
             self._on_delivered(item)
         elif isinstance(item, Connected):
             self._ready_session = item.session
-            self._on_connected()
+            self._book_link(time.monotonic())  # what the connect cost shows in the first health
+            self._on_connected(item.resumed)
         elif isinstance(item, Disconnected):
             self._on_disconnected(item)
         elif isinstance(item, _Tick) and self.watchdog is not None:
@@ -257,6 +280,15 @@ class Agent:
             self._on_reading(Reading(HEALTH, {}, now))
         if self._flush_at is not None and now >= self._flush_at:
             self._commit()
+        if now >= self._link_at:
+            self._link_at = now + _LINK_SAMPLE_S
+            self._book_link(now)
+        if (oldest := self._oldest_unacked()) is not None and now - oldest >= self.config.mqtt.ack_timeout_s \
+                and self._dropping != self.publisher.session:
+            # A half-open link keeps quiet until keep-alive (minutes on a metered link) notices; an event
+            # waiting for its PUBACK must not wait that long: give the link up and reconnect now.
+            self._dropping = self.publisher.session
+            self.publisher.drop_link(f"no PUBACK for {now - oldest:.0f} s")
         if not self.outbox.durable:
             if self._disk_retry_at is None:
                 self._disk_retry_at = now + _DISK_RETRY_S
@@ -276,6 +308,9 @@ class Agent:
             deadlines.append(self._health_at)
         if self._disk_retry_at is not None:
             deadlines.append(self._disk_retry_at)
+        deadlines.append(self._link_at)
+        if (oldest := self._oldest_unacked()) is not None and self._dropping != self.publisher.session:
+            deadlines.append(oldest + self.config.mqtt.ack_timeout_s)
         if self.publisher.connected and (replay_at := self.replay.next_at()) is not None:
             deadlines.append(replay_at)
         soonest = min(deadlines, default=float("inf"))
@@ -288,7 +323,10 @@ class Agent:
             log.error("reading for unknown stream %r dropped", reading.stream)
             return
         self._stream_mono[reading.stream] = reading.mono
-        values = throttle.offer(reading.values, reading.mono, reading.force)
+        offered = reading.values
+        if reading.stream == HEALTH:
+            offered = {**offered, **self._health_offer(throttle)}
+        values = throttle.offer(offered, reading.mono, reading.force)
         if values is not None:
             self._accept_reading(reading.stream, values, reading.mono)
 
@@ -299,7 +337,8 @@ class Agent:
             # Offline: keep one reading per stream per history interval; the latest is still known
             # (the throttle has it) and becomes the retained state on reconnect.
             last = self._history_mono.get(stream)
-            if last is not None and mono - last < self.config.outbox.history_interval_s:
+            saving = HISTORY_SAVING if self.link.step >= 1 else 1.0
+            if last is not None and mono - last < self.config.outbox.history_interval_s * saving:
                 return
             self._history_mono[stream] = mono
             prio = HISTORY
@@ -308,6 +347,8 @@ class Agent:
             payload.update(self.health_fields())
         payload["ts"] = self.clock.iso_at(mono)
         seq = self.outbox.accept(prio, stream, payload)
+        if prio == LIVE:
+            self._live_state[seq] = (stream, values)
         self.control.feed("reading", stream, payload, seq)
         self._schedule_flush()
 
@@ -326,6 +367,52 @@ class Agent:
         self._fill_window()
         self.outbox.upkeep()
         self.control.feed("event", "events", payload, seq)
+
+    def _health_offer(self, throttle: StreamThrottle) -> dict[str, Any]:
+        """The core's and drivers' health figures, judged with the host's: a trouble count going up
+        (dropped, errors_*) or a state word changing is a reason to send; a driver's other numbers
+        (sentence counters, ages) ride along with the next send."""
+        fields = self.health_fields()
+        for key, value in fields.items():
+            if key not in throttle.deadband and isinstance(value, int | float) and not isinstance(value, bool) \
+                    and not key.startswith("errors_") and key not in _HEALTH_TRIGGERS:
+                throttle.deadband[key] = INF
+        return fields
+
+    # -- the link and its budget --------------------------------------------------------------------
+    def _tally_topic(self, topic: str, size: int) -> None:
+        prefix = self.base_topic + "/"
+        name = topic[len(prefix):] if topic.startswith(prefix) else topic.split("/", 1)[0]
+        self.link.tally(name, size, time.monotonic())
+
+    def _book_link(self, now: float) -> None:
+        step = self.link.update(self.publisher.meter.totals(), now, self.clock.now(),
+                                synced=self.clock.source() != "unsynced")
+        if step is None:
+            return
+        self._apply_budget_step(step)
+        figures = {"step": step, "month_bytes": self.link.month_b,
+                   "projected_mb": self.link.fields()["link_month_projected_mb"],
+                   "budget_mb": self.config.link.budget_mb_month}
+        if step:
+            log.warning("data budget: %d bytes used this month, on course for %s MB of %s MB; saving, step %d",
+                        figures["month_bytes"], figures["projected_mb"], figures["budget_mb"], step)
+        self._on_event(Event("link_budget", "link", "warning" if step else "info", figures, now))
+
+    def _apply_budget_step(self, step: int) -> None:
+        """Each step keeps the ones before it (agent/linkbudget.py); step 1 acts in `_accept_reading`."""
+        for stream, throttle in self.throttles.items():
+            min_s, max_s, deadband = self._throttle_base[stream]
+            max_s = max_interval_at(step, max_s, health=stream == HEALTH)
+            if stream == HEALTH and step >= 2:
+                min_s *= HEALTH_SAVING
+            elif step >= 3 and stream == "gps":  # on movement only: a new position or fix, nothing else
+                deadband = {**deadband, **{k: INF for k in deadband if k not in ("lat", "lon")}}
+            throttle.min_interval_s, throttle.max_interval_s = min_s, max_s
+            throttle.deadband = {**throttle.deadband, **deadband} if stream == HEALTH else dict(deadband)
+
+    def _oldest_unacked(self) -> float | None:
+        return min((at for _, _, at in self._inflight.values()), default=None)
 
     def _schedule_flush(self) -> None:
         if self._flush_at is None:
@@ -349,14 +436,14 @@ class Agent:
         if room <= 0:
             return
         now = time.monotonic()
-        exclude = {seq for seq, _ in self._inflight.values()}
+        exclude = {seq for seq, _, _ in self._inflight.values()}
         exclude.update(seq for seq, (at, _) in self._refused.items() if at > now)
-        history_inflight = sum(1 for _, prio in self._inflight.values() if prio == HISTORY)
+        history_inflight = sum(1 for _, prio, _ in self._inflight.values() if prio == HISTORY)
         for message in self.outbox.take(room, exclude, self.replay.allowance(now, history_inflight)):
             handle = self.publisher.publish(message.topic(self.base_topic), message.payload, retain=message.retain)
             if handle is None:
                 return
-            self._inflight[handle] = (message.seq, message.prio)
+            self._inflight[handle] = (message.seq, message.prio, now)
             if message.prio == HISTORY:
                 self.replay.sent()
 
@@ -364,8 +451,11 @@ class Agent:
         sent = self._inflight.pop((item.session, item.mid), None)
         if sent is None:
             return  # birth/offline status, or a result from a connection already given up
-        seq, prio = sent
+        seq, prio, _ = sent
+        state = self._live_state.pop(seq, None)
         if item.error is None:
+            if state is not None:
+                self._on_broker[state[0]] = state[1]  # the broker holds this as the stream's retained state
             if self._refused.pop(seq, None) is not None:
                 self._retry_refused_now()  # the broker takes what it refused: the cause is gone (ACL fixed)
             # Deletions ride with the next commit (no disk write of their own, sparing the SD card);
@@ -386,12 +476,19 @@ class Agent:
         """Every refused message is retried at once, its backoff from the start (30 s if refused again)."""
         self._refused = {seq: (0.0, _REFUSED_RETRY_MIN_S / 2) for seq in self._refused}
 
-    def _on_connected(self) -> None:
+    def _on_connected(self, resumed: bool = False) -> None:
         # A new connection may be to a fixed broker (ACL, quota): what it refused goes again now.
         self._retry_refused_now()
-        # The current state of every stream goes first, retained, before events and history.
+        # The current state of every stream goes first, retained, before events and history. A broker
+        # that kept our session kept its retained topics too: then only what it has not acknowledged
+        # (changed while offline, or lost in flight) goes again; otherwise all of it.
         now = time.monotonic()
+        if not resumed:
+            self._on_broker.clear()
         for stream, throttle in self.throttles.items():
+            if stream in self._on_broker and throttle.latest is not None \
+                    and not throttle.differs(self._on_broker[stream], throttle.latest):
+                continue
             values = throttle.resend(now)
             if values is not None:
                 self._accept_reading(stream, values, self._stream_mono.get(stream, now))
@@ -400,6 +497,7 @@ class Agent:
 
     def _on_disconnected(self, item: Disconnected) -> None:
         self._inflight = {key: sent for key, sent in self._inflight.items() if key[0] != item.session}
+        self._live_state.clear()  # demoted to history: none of it reaches the retained topics now
         self.outbox.demote_live()
         self._flush_at = None
 
@@ -434,6 +532,7 @@ class Agent:
             "last_publish_error": self.last_publish_error,
             "mqtt_last_error": self.publisher.last_error,
             **self.clock.snapshot(),
+            **self.link.fields(),
         }
         for driver in self.drivers:
             fields[f"errors_{driver.ctx.name}"] = driver.ctx.error_total()
@@ -476,6 +575,7 @@ class Agent:
             ],
             "mqtt_broker": f"{self.config.mqtt.host}:{self.config.mqtt.effective_port}",
             "state_dir": str(self.config.state_dir),
+            "link_topics_last_hour_b": self.link.last_hour(time.monotonic()),
             "health": self.health_fields(),
         }
 

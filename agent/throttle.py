@@ -5,8 +5,10 @@ The core decides what a reading is worth sending, so drivers can report at their
   (comparing with the last *sent* value, so slow drift still gets through);
 - a change inside `min_interval_s` of the last send is held and sent when the interval ends (the latest
   value wins), so a flapping input cannot flood the link but its final state is never lost;
-- an unchanged stream is re-sent every `max_interval_s`, so a late subscriber and the fleet's
-  "last seen" are never blind.
+- an unchanged stream is re-sent every `max_interval_s` (an hour by default: the topic is retained, so
+  a late subscriber is never blind; the re-send only refreshes `ts` for the fleet's "last seen");
+- a field whose deadband is `inf` is never a reason to send on its own, whatever its type: it rides
+  along with the next send (an uptime, an age, a sentence counter).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 from agent.schema import SettingError, setting
 
+INF = float("inf")
+
 
 @dataclass(kw_only=True)
 class StreamSettings:
@@ -23,7 +27,7 @@ class StreamSettings:
 
     min_interval_s: float = setting(1.0, min=0.0, max=3600.0, doc="never publish this stream more often")
     max_interval_s: float = setting(
-        300.0, min=1.0, max=86400.0, doc="re-send an unchanged value this often"
+        3600.0, min=1.0, max=86400.0, doc="re-send an unchanged value this often"
     )
     # A stream names its numeric fields in `keys` (none here: a key no stream sends is a typo). inf is
     # "never a reason to send on its own"; it hides no alarm: an alarm change is always sent.
@@ -88,12 +92,18 @@ class StreamThrottle:
         self._held = False
         return self.latest
 
-    def _changed(self, values: dict[str, Any]) -> bool:
-        sent = self._sent
+    def differs(self, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """Whether `new` is a change from `old` under this stream's deadbands."""
+        return self._changed(new, old)
+
+    def _changed(self, values: dict[str, Any], sent: dict[str, Any] | None = None) -> bool:
+        sent = self._sent if sent is None else sent
         if values.keys() != sent.keys():
             return True
         for name, value in values.items():
             old = sent[name]
+            if self.deadband.get(name) == INF:
+                continue
             if _is_number(value) and _is_number(old):
                 if abs(value - old) > self.deadband.get(name, 0.0):
                     return True

@@ -18,6 +18,7 @@ per segment (each forwarded read counted as one segment, plus one ACK segment th
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -38,12 +39,17 @@ from tests.support import deep_merge, toml_dumps
 MONTH_H = 24 * 30.44
 MONTH_TARGET_MB = 10.0
 RECONNECT_TARGET_B = 3000
+WARMUP_S = 90.0
 RECONNECTS_PER_DAY = 24  # a flapping cellular link: one an hour, every day of the month
 SEGMENT_HEADERS_B = 52  # IPv4 20 + TCP 20 + timestamps option 12
+# One QoS 1 PUBLISH beyond its payload: MQTT header and alias ~10, a TLS record 22, its segment and ACK
+# 2 x 52; its PUBACK 4 + 22 + 2 x 52. (The busy run measures ~280-300 B per message, pings included.)
+MESSAGE_OVERHEAD_B = 270
 
 
 def main() -> int:
-    seconds = env_seconds("BENCH_WIRE_S", 180.0)
+    seconds = env_seconds("BENCH_WIRE_S", 600.0)
+    budget_mb = float(os.environ.get("BENCH_WIRE_BUDGET_MB", "0"))  # [link] budget_mb_month
     folder = scratch("wire")
     certs = _make_certs(folder / "certs")
     plain_port = free_port()
@@ -54,15 +60,21 @@ def main() -> int:
         for name, config in (("parked", _parked_config(folder, broker.port)),
                              ("parked+ha", _parked_ha_config(folder, broker.port)),
                              ("busy", _busy_config(folder, broker.port))):
+            if name not in os.environ.get("BENCH_WIRE_ONLY", name).split(","):
+                continue
+            if budget_mb:
+                config = deep_merge(config, {"link": {"budget_mb_month": budget_mb}})
+                name += f" budget {budget_mb:g} MB"
             figures = _measure(name, config, broker.port, plain_port, certs, seconds, folder)
             ok &= _report(name, figures, judged=name.startswith("parked"))
-    print(f"(logs: {folder})")
+    print(f"(logs: {folder}; BENCH_WIRE_ONLY=parked,parked+ha runs those; "
+          f"BENCH_WIRE_BUDGET_MB=0.001 a budget spent at once: every saving step)")
     return 0 if ok else 1
 
 
 def _parked_config(folder: Path, port: int) -> dict:
     data = tomllib.loads(Path(default_rate_config(folder, port)).read_text())
-    # data["simulation"] = {"scenario": "quiet"}
+    data["simulation"] = {"scenario": "quiet"}
     return data
 
 
@@ -92,12 +104,16 @@ def _measure(name: str, config: dict, tls_port: int, plain_port: int, certs: Pat
     path = folder / f"{name}.toml"
     path.write_text(toml_dumps(config))
     box = config["box"]["id"]
-    counter = _TopicCounter(plain_port, f"{config.get('mqtt', {}).get('topic_prefix', 'boxtel')}/{box}/#")
+    counter = _TopicCounter(plain_port, [f"{config.get('mqtt', {}).get('topic_prefix', 'boxtel')}/{box}/#",
+                                         f"homeassistant/+/{box}/+/config"])
     log = open(folder / f"agent-{name}.log", "wb")
     agent = subprocess.Popen([python(), "-m", "agent", "run", "-c", str(path)], stdout=log,
                              stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         connect_b = _wait_idle(proxy, deadline_s=60.0)
+        # start-up is not the steady state: GPS time and baud found, home learned (and, saving, the first
+        # health held by the longer minimum interval)
+        time.sleep(env_seconds("BENCH_WIRE_WARMUP_S", WARMUP_S))
         start = _snapshot(proxy, counter)
         time.sleep(seconds)  # the measurement window itself: the agent runs undisturbed
         end = _snapshot(proxy, counter)
@@ -105,11 +121,15 @@ def _measure(name: str, config: dict, tls_port: int, plain_port: int, certs: Pat
         proxy.set_mode(CUT)
         cut_at = time.monotonic()
         proxy.set_mode(PASS)
-        before = _wire(_snapshot(proxy, counter))
+        before_snap = _snapshot(proxy, counter)
+        before = _wire(before_snap)
         _wait_reconnected(proxy, proxy.accepted)
         _wait_idle(proxy, deadline_s=60.0)
         after_at = time.monotonic()
-        reconnect_b = _wire(_snapshot(proxy, counter)) - before - steady_bps * (after_at - cut_at)
+        after_snap = _snapshot(proxy, counter)
+        reconnect_b = _wire(after_snap) - before - steady_bps * (after_at - cut_at)
+        resent = {t: n - before_snap["topics"]["messages"].get(t, 0)
+                  for t, n in after_snap["topics"]["messages"].items()}
     finally:
         agent.send_signal(signal.SIGTERM)
         try:
@@ -120,13 +140,14 @@ def _measure(name: str, config: dict, tls_port: int, plain_port: int, certs: Pat
         proxy.close()
         log.close()
     return {"seconds": seconds, "start": start, "end": end, "connect_b": connect_b,
-            "reconnect_b": max(0.0, reconnect_b)}
+            "reconnect_b": max(0.0, reconnect_b), "resent": {t: n for t, n in resent.items() if n},
+            "intervals": _max_intervals(path)}
 
 
 class _TopicCounter:
     """Per topic: messages, MQTT payload bytes, and the same payload as compact JSON (the floor)."""
 
-    def __init__(self, port: int, topic: str):
+    def __init__(self, port: int, topics: list[str]):
         self.lock = threading.Lock()
         self.messages: dict[str, int] = defaultdict(int)
         self.payload_b: dict[str, int] = defaultdict(int)
@@ -134,13 +155,13 @@ class _TopicCounter:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-wire-{port}", protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe(topic, qos=1)
+        self.client.subscribe([(topic, 1) for topic in topics])
         self.client.loop_start()
 
     def _on_message(self, client, userdata, message) -> None:
         # History and per-locker topics are grouped by their stream: boxtel/<id>/<stream>[/...]
         parts = message.topic.split("/")
-        stream = "/".join(parts[2:4]) if len(parts) > 3 and parts[2] in ("history", "locker") else "/".join(parts[2:3])
+        stream = "homeassistant" if parts[0] == "homeassistant" else "/".join(parts[2:4]) if len(parts) > 3 and parts[2] in ("history", "locker") else "/".join(parts[2:3])
         try:
             floor = len(json.dumps(json.loads(message.payload), separators=(",", ":")).encode())
         except ValueError:
@@ -204,6 +225,14 @@ def _report(name: str, figures: dict, *, judged: bool) -> bool:
     messages = {t: end["topics"]["messages"].get(t, 0) - start["topics"]["messages"].get(t, 0)
                 for t in end["topics"]["messages"]}
     reconnect_b = figures["reconnect_b"]
+    # An unchanged stream is re-sent every max_interval_s; a window shorter than that cannot see it, so
+    # each such re-send is added at the size its stream's messages had, plus one QoS 1 message's overhead.
+    per_message = {t: end["topics"]["payload_b"][t] / end["topics"]["messages"][t] for t in end["topics"]["messages"]}
+    resend_h = 0.0
+    for stream, interval_s in figures["intervals"].items():
+        if interval_s > seconds and stream in per_message:
+            resend_h += (per_message[stream] + MESSAGE_OVERHEAD_B) * 3600.0 / interval_s
+    wire_h += resend_h
     month_mb = (wire_h * MONTH_H + reconnect_b * RECONNECTS_PER_DAY * 30.44) / 1e6
     print(f"{name}: {seconds:.0f} s window; TLS stream up {up_h / 1e3:.1f} kB/h, down {down_h / 1e3:.1f} kB/h; "
           f"with TCP/IP headers {wire_h / 1e3:.1f} kB/h = {wire_h * MONTH_H / 1e6:.2f} MB/month")
@@ -217,7 +246,10 @@ def _report(name: str, figures: dict, *, judged: bool) -> bool:
         overhead_b = (wire_h - sum(topics.values()) * hour) / hour / count  # MQTT, TLS, TCP/IP per message
         print(f"  per message on the wire {wire_h / hour / count:.0f} B (of which {overhead_b:.0f} B overhead)"
               + (f"; per event {topics['events'] / events + overhead_b:.0f} B ({events} events)" if events else ""))
-    print(f"  connect burst {figures['connect_b'] / 1e3:.1f} kB; one reconnect {reconnect_b / 1e3:.2f} kB")
+    print(f"  max-interval re-sends beyond the window: {resend_h / 1e3:.1f} kB/h; "
+          f"total {wire_h / 1e3:.1f} kB/h = {wire_h * MONTH_H / 1e6:.2f} MB/month")
+    print(f"  connect burst {figures['connect_b'] / 1e3:.1f} kB; one reconnect {reconnect_b / 1e3:.2f} kB "
+          f"(resent: {', '.join(f'{t} {n}' for t, n in sorted(figures['resent'].items())) or 'nothing'})")
     print(f"  floor (same payloads as compact JSON, no MQTT/TLS/TCP): {floor_h / 1e3:.1f} kB/h; "
           f"ratio wire/floor x{wire_h / floor_h:.2f}" if floor_h else "  floor: nothing received")
     print(f"  month with {RECONNECTS_PER_DAY} reconnects a day: {month_mb:.2f} MB")
@@ -228,6 +260,19 @@ def _report(name: str, figures: dict, *, judged: bool) -> bool:
     print(f"  target <= {MONTH_TARGET_MB} MB/month: {verdict(month_ok)}; "
           f"<= {RECONNECT_TARGET_B / 1e3:.0f} kB per reconnect: {verdict(reconnect_ok)}")
     return month_ok and reconnect_ok
+
+
+def _max_intervals(path: Path) -> dict[str, float]:
+    """Each state stream's max_interval_s as the agent runs it (its section's, else the schema default)."""
+    from agent.config import load
+    from agent.linkbudget import STEPS, max_interval_at
+    from drivers import driver_class
+
+    config = load(path)
+    step = STEPS if config.link.budget_mb_month > 0 else 0  # BENCH_WIRE_BUDGET_MB: a budget spent at once
+    streams = {driver_class(e.section).stream_name(e.config): e.config.max_interval_s
+               for e in config.drivers if hasattr(e.config, "max_interval_s")}
+    return {stream: max_interval_at(step, interval, health=stream == "health") for stream, interval in streams.items()}
 
 
 def _make_certs(folder: Path) -> Path:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from drivers.gpio import ADC_CHIPS, AdcChannel, AdcConfig, InputConfig, pin_factory
-from drivers.simulator import Simulator
+from drivers.simulator import QUIET, Simulator
 
 CYCLE_S = 120.0
 _BOUNCE_EDGES = 4  # toggles before a contact settles
@@ -43,11 +43,17 @@ class GpioScenario(Simulator):
             for wire in self.inputs(config):
                 if wire is not None:  # at rest (inactive) before the driver opens the pin
                     wire_pin(self.factory, wire.pin, high=not wire.active_high)
-            self.script(config)
+            if self.scenario == QUIET:
+                self.quiet(config)
+            else:
+                self.script(config)
         self._steps.sort(key=lambda step: step[0])
 
     def script(self, config: Any) -> None:
         raise NotImplementedError
+
+    def quiet(self, config: Any) -> None:
+        """The quiet scenario: inputs at rest, levels steady (a subclass sets what differs)."""
 
     def inputs(self, config: Any) -> list[InputConfig | None]:
         raise NotImplementedError
@@ -147,6 +153,10 @@ class GeneratorSimulator(GpioScenario):
 
         self.adc_level(config.fuel, fuel_pct)
 
+    def quiet(self, config: Any) -> None:
+        self.drive(config.running, True, bounce=False)  # running since before the agent started
+        self.adc_level(config.fuel, lambda t: 70.0)
+
 
 class WaterSimulator(GpioScenario):
     """Flow from 2 to 25 s (longer than continuous_flow_s in the demo config), the tank drains to its low
@@ -179,6 +189,9 @@ class WaterSimulator(GpioScenario):
 
         self.adc_level(config.tank, tank_pct)
 
+    def quiet(self, config: Any) -> None:
+        self.adc_level(config.tank, lambda t: 60.0)
+
 
 class LockerSimulator(GpioScenario):
     """The first locker: a short visit at 5 s, then left open too long from 18 s. Each other locker: one
@@ -206,6 +219,12 @@ class LockerSimulator(GpioScenario):
             self.set_input(12.0 + 3.0 * index, config.door, False)
         if index == len(plain) - 1:
             self.at(50.0, lambda: self._chatter(config.door, seconds=2.0))
+
+    def quiet(self, config: Any) -> None:
+        if not isinstance(config.door, InputConfig):  # a supervised loop reads closed, steadily
+            plan = config.door.plan
+            low, high = dict(zip(plan.states, plan.expected, strict=True))["closed"]
+            mock_adc(self.factory, config.door).levels[config.door.channel] = lambda: (low + high) // 2
 
     def _loops(self) -> list[Any]:
         return [c for c in self.configs if not isinstance(c.door, InputConfig)]

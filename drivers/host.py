@@ -43,12 +43,15 @@ class HostConfig(StreamSettings):
     power_check_s: float = setting(
         5.0, min=0.5, max=600.0, doc="how often to check under-voltage (brownouts are short)"
     )
-    min_interval_s: float = setting(10.0, min=0.0, max=3600.0, doc="never publish health more often")
-    max_interval_s: float = setting(300.0, min=1.0, max=86400.0, doc="re-send unchanged health this often")
+    min_interval_s: float = setting(60.0, min=0.0, max=3600.0, doc="never publish health more often")
+    max_interval_s: float = setting(1800.0, min=1.0, max=86400.0, doc="re-send unchanged health this often")
+    # What is worth a message on a link billed per MB: a sustained change (load_15m, memory, disk, heat).
+    # Instant CPU and the short load averages swing with every cron job: they ride along, current, with
+    # the next message (at least every max_interval_s). An alarm (under-voltage) is always sent at once.
     deadband: dict[str, float] = setting(
-        {"cpu_pct": 10.0, "load_1m": 0.5, "load_5m": 0.5, "load_15m": 0.5, "memory_pct": 5.0,
-         "memory_available_mb": 50.0, "disk_free_mb": 100.0, "disk_used_pct": 1.0, "temperature_c": 2.0,
-         "uptime_s": float("inf")},
+        {"cpu_pct": float("inf"), "load_1m": float("inf"), "load_5m": float("inf"), "load_15m": 1.0,
+         "memory_pct": 5.0, "memory_available_mb": float("inf"), "disk_free_mb": float("inf"),
+         "disk_used_pct": 2.0, "temperature_c": 5.0, "uptime_s": float("inf")},
         min=0.0, inf_ok=True,
         keys=("cpu_pct", "load_1m", "load_5m", "load_15m", "memory_pct", "memory_available_mb", "disk_free_mb",
               "disk_used_pct", "temperature_c", "uptime_s"),

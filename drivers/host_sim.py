@@ -11,7 +11,7 @@ import math
 import time
 from pathlib import Path
 
-from drivers.simulator import Simulator
+from drivers.simulator import QUIET, Simulator
 
 BROWNOUT_AT_S = 15.0
 BROWNOUT_FOR_S = 12.0
@@ -36,6 +36,8 @@ class HostSimulator(Simulator):
             config.sysfs_root = str(self.root)
 
     def _run(self) -> None:
+        if self.scenario == QUIET:
+            return  # the files keep their first values: good power, a steady temperature
         while not self._stop.wait(SIM_STEP_S):
             elapsed = time.monotonic() - self._started
             phase = (elapsed - BROWNOUT_AT_S) % BROWNOUT_EVERY_S

@@ -20,13 +20,16 @@ from drivers import REGISTRY, driver_class
 
 log = logging.getLogger("boxtel.simulate")
 
+DEMO, QUIET = "demo", "quiet"  # [simulation] scenario
+
 
 class Simulator:
     """Base class for one driver kind's simulated hardware: prepare() makes it, a thread plays `_run`."""
 
-    def __init__(self, configs: list[Any], workdir: Path):
+    def __init__(self, configs: list[Any], workdir: Path, scenario: str = DEMO):
         self.configs = configs  # this kind's driver configs, adjusted in place by prepare()
         self.workdir = workdir
+        self.scenario = scenario  # DEMO: every event in turn; QUIET: a parked box where nothing happens
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = time.monotonic()
@@ -69,7 +72,7 @@ class Simulation:
                 continue
             module_name, class_name = cls.simulator.split(":")
             simulator_cls = getattr(importlib.import_module(module_name), class_name)
-            part = simulator_cls(configs, self.workdir)
+            part = simulator_cls(configs, self.workdir, self.config.simulation.scenario)
             part.prepare()
             self.parts.append(part)
 

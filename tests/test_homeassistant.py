@@ -302,13 +302,19 @@ def test_state_sensors_expire_after_two_max_intervals_of_their_stream(make_confi
                                  "gps": {"port": "/dev/null"}})
     configs = [json.loads(p) for _, p in discovery_messages(config, "0.1.0", hardware=(None, None))]
     expiry = {c["state_topic"].rsplit("/", 1)[1]: c.get("expire_after") for c in configs if "state_topic" in c}
-    assert expiry == {"health": 240, "generator": 91, "gps": 600}  # gps: the default max interval, 300 s
+    assert expiry == {"health": 240, "generator": 91, "gps": 7200}  # gps: the default max interval, an hour
     assert all("expire_after" in c for c in configs if "state_topic" in c)
     tracker = next(c for c in configs if "state_topic" not in c)
     assert "expire_after" not in tracker  # HA's device_tracker has no such key
     without_host = [json.loads(p) for _, p in discovery_messages(
         _load(make_config, {"homeassistant": {"enabled": True}}), "0.1.0", hardware=(None, None))]
-    assert {c["expire_after"] for c in without_host} == {600}  # the agent's own health: default 300 s
+    assert {c["expire_after"] for c in without_host} == {7200}  # the agent's own health: hourly
+    # A data budget's saving steps stretch the intervals: health 4 times, state re-sent daily
+    budgeted = _load(make_config, {"simulate": True, "homeassistant": {"enabled": True}, "link": {"budget_mb_month": 8},
+                                   "host": {"max_interval_s": 120.0}, "gps": {"port": "/dev/null"}})
+    configs = [json.loads(p) for _, p in discovery_messages(budgeted, "0.1.0", hardware=(None, None))]
+    expiry = {c["state_topic"].rsplit("/", 1)[1]: c.get("expire_after") for c in configs if "state_topic" in c}
+    assert expiry == {"health": 960, "gps": 172800}
 
 
 def test_last_boot_is_a_timestamp_from_the_clock_and_uptime():

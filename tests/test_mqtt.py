@@ -203,6 +203,7 @@ def test_status_guard_answers_a_burst_with_one_birth_per_5_s_and_one_warning_per
     guard = StatusGuard(STATUS)
     own = {"state": "online", "version": "1", "site": "", "boot_id": "b", "session": 4}
     forged = StatusSeen.read(json.dumps({"state": "offline", "session": 4}).encode())
+    guard.seen(StatusSeen.read(json.dumps({**own, "ts": "t"}).encode()), own, 0.0)  # our birth came back
     births = []
     with caplog.at_level("WARNING", logger="boxtel.mqtt"):
         for n in range(5000):  # 5000 forgeries over 50 s, each followed by the supervisor's check
@@ -220,6 +221,21 @@ def test_status_guard_answers_a_burst_with_one_birth_per_5_s_and_one_warning_per
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2, lines
     assert "4999 more stale or foreign statuses" in lines[1] and "births republished so far: 11" in lines[1]
+
+
+def test_a_will_delivered_ahead_of_our_birth_is_not_answered():
+    """A resumed session hands over the will of the connection that died before our birth's echo: the
+    birth, published after it, has already replaced it."""
+    from agent.publisher import StatusGuard, StatusSeen
+
+    guard = StatusGuard(STATUS)
+    own = {"state": "online", "version": "1", "site": "", "boot_id": "b", "session": 5}
+    guard.new_connection()
+    guard.seen(StatusSeen.read(json.dumps({"state": "offline", "session": 4}).encode()), own, 0.0)
+    assert not guard.republish_due(0.0) and guard.foreign == 0
+    guard.seen(StatusSeen.read(json.dumps({**own, "ts": "t"}).encode()), own, 0.1)
+    guard.seen(StatusSeen.read(json.dumps({"state": "offline", "session": 4}).encode()), own, 0.2)  # late: stale
+    assert guard.republish_due(0.2) and guard.foreign == 1
 
 
 def acl_allowing(*levels: str) -> str:

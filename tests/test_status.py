@@ -40,7 +40,9 @@ def test_status_groups_the_running_agent_by_subsystem(broker, make_config, run_a
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith("boxtel test-001 — agent ")
     shown = marks(done.stdout)
-    assert list(shown) == ["box", "service", "mqtt", "outbox", "clock", "host"]
+    assert list(shown) == ["box", "service", "mqtt", "link", "outbox", "clock", "host"]
+    # bytes per topic for the last hour: health went out at least once
+    assert shown["link"][0] == OK and "last hour by topic: " in shown["link"][1] and "health " in shown["link"][1]
     assert shown["box"][0] == OK and "simulated hardware" in shown["box"][1]
     assert shown["mqtt"] == (OK, shown["mqtt"][1]) and f"127.0.0.1:{broker.port}" in shown["mqtt"][1]
     assert shown["service"][0] == WARN and "not running under systemd" in shown["service"][1]

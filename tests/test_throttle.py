@@ -69,3 +69,24 @@ def test_resend_returns_latest_even_if_suppressed():
     t.offer({"a": 2.0}, 5.0)
     assert t.resend(6.0) == {"a": 2.0}
     assert StreamThrottle(StreamSettings()).resend(0.0) is None
+
+
+def test_infinite_deadband_lets_a_word_ride_along_too_and_it_goes_current_with_the_next_send():
+    t = throttle(deadband={"mqtt_last_error": float("inf")})
+    t.offer({"mqtt_last_error": None, "dropped": 0}, 0.0)
+    assert t.offer({"mqtt_last_error": "connection lost", "dropped": 0}, 5.0) is None
+    assert t.offer({"mqtt_last_error": "connection lost", "dropped": 1}, 6.0) == {
+        "mqtt_last_error": "connection lost", "dropped": 1}
+
+
+def test_differs_judges_a_state_against_another_under_the_deadbands():
+    t = throttle(deadband={"tank_pct": 2.0})
+    assert not t.differs({"tank_pct": 50.0, "pump": False}, {"tank_pct": 51.5, "pump": False})
+    assert t.differs({"tank_pct": 50.0, "pump": False}, {"tank_pct": 52.5, "pump": False})
+    assert t.differs({"tank_pct": 50.0, "pump": False}, {"tank_pct": 50.0, "pump": True})
+
+
+def test_an_unchanged_stream_is_re_sent_hourly_by_default():
+    t = StreamThrottle(StreamSettings())
+    t.offer({"door": "closed"}, 0.0)
+    assert t.next_due() == 3600.0 and t.due(3600.0) == {"door": "closed"}

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 def assess(snap: dict[str, Any]) -> list[Mark]:
     """Marks for every subsystem, in the order a technician reads them."""
-    marks = [_box(snap), _service(snap), *_mqtt(snap), _outbox(snap), _clock(snap)]
+    marks = [_box(snap), _service(snap), *_mqtt(snap), _link(snap), _outbox(snap), _clock(snap)]
     for name, status in snap.get("drivers", {}).items():
         marks.append(_driver(name, status))
     return marks
@@ -92,6 +92,23 @@ def _mqtt(snap: dict[str, Any]) -> list[Mark]:
         marks.append(Mark("mqtt", WARN, f"the broker refused {snap['refused_pending']} publishes, kept and "
                           f"retried (ACL?): {snap.get('last_publish_error')}"))
     return marks
+
+
+def _link(snap: dict[str, Any]) -> Mark:
+    """What the link costs: the month, the budget, and where the last hour's bytes went, per topic."""
+    health = snap.get("health", {})
+    month = f"{health.get('link_month_mb', 0):.2f} MB this month"
+    projected = health.get("link_month_projected_mb")
+    if projected is not None:
+        month += f" (on course for {projected:.1f} MB)"
+    topics = snap.get("link_topics_last_hour_b") or {}
+    hour = ", ".join(f"{topic} {size / 1e3:.1f} kB" for topic, size in list(topics.items())[:8]) or "nothing"
+    detail = f"{month}; last hour by topic: {hour}"
+    budget = health.get("link_budget")
+    if budget == "saving":
+        return Mark("link", WARN, f"over its data budget, saving (step {health.get('link_budget_step')} of 3; "
+                    f"events and alarms still go at once): {detail}")
+    return Mark("link", OK, detail + ("; within its data budget" if budget == "ok" else ""))
 
 
 def _outbox(snap: dict[str, Any]) -> Mark:

@@ -67,7 +67,9 @@ class GeneratorConfig(GpioDriverSettings):
     fuel_rate_window_s: float = setting(1800.0, min=60.0, max=86400.0,
                                         doc="fuel_lph is the consumption over this much running")
     deadband: dict[str, float] = setting(
-        {"fuel_pct": 2.0, "run_hours": 0.1, "fuel_l": 5.0, "fuel_lph": 0.5, "hours_to_empty": 0.5,
+        # run hours count in whole hours, and hours_to_empty follows fuel (which has its own deadband):
+        # a running generator is no news every six minutes on a link billed per MB
+        {"fuel_pct": 2.0, "run_hours": 1.0, "fuel_l": 5.0, "fuel_lph": 0.5, "hours_to_empty": float("inf"),
          "battery_v": 0.2, "rpm": 50.0, "load_kw": 0.5, "oil_kpa": 20.0, "coolant_c": 2.0},
         min=0.0, inf_ok=True, keys=_FIELDS, doc="per field: a smaller change is no change (inf: never re-sent for it)")
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from drivers.simulator import DEMO
 
-def generator_simulator(configs: list[Any], workdir: Path) -> Any:
+
+def generator_simulator(configs: list[Any], workdir: Path, scenario: str = DEMO) -> Any:
     if configs and configs[0].source == "modbus":
         from drivers.generator.modbus_sim import ControllerSimulator
 
-        return ControllerSimulator(configs, workdir)
+        return ControllerSimulator(configs, workdir, scenario)
     from drivers.gpio_sim import GeneratorSimulator
 
-    return GeneratorSimulator(configs, workdir)
+    return GeneratorSimulator(configs, workdir, scenario)

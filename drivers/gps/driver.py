@@ -68,8 +68,13 @@ class GpsConfig(StreamSettings):
     learn_home: bool = setting(True, doc="without home_lat/home_lon: learn home from the first stable fix")
     home_learn_s: float = setting(60.0, min=1.0, max=86400.0, doc="a fix must hold still this long to become home")
     min_interval_s: float = setting(0.0, min=0.0, max=3600.0, doc="never publish gps more often (the driver paces)")
-    deadband: dict[str, float] = setting({}, min=0.0, inf_ok=True, doc="per field: a smaller change is no change", keys=(
-        "lat", "lon", "alt_m", "speed_mps", "course_deg", "sats", "sats_seen", "hdop", "pdop", "home_distance_m"))
+    # Parked, a receiver jitters by metres and its course is noise: neither is news (0.0002 deg is 22 m of
+    # latitude). Moving, lat/lon change every epoch and carry speed and course along.
+    deadband: dict[str, float] = setting(
+        {"lat": 0.0002, "lon": 0.0002, "alt_m": 20.0, "speed_mps": 1.0, "course_deg": float("inf"), "sats": 3.0,
+         "sats_seen": float("inf"), "hdop": 1.0, "pdop": 1.5, "home_distance_m": float("inf")},
+        min=0.0, inf_ok=True, doc="per field: a smaller change is no change; inf: never a reason to send on its own",
+        keys=("lat", "lon", "alt_m", "speed_mps", "course_deg", "sats", "sats_seen", "hdop", "pdop", "home_distance_m"))
 
     def validate(self) -> None:
         StreamSettings.validate(self)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from drivers.gps.nmea import KNOTS_TO_MPS, distance_m
-from drivers.simulator import Simulator
+from drivers.simulator import QUIET, Simulator
 
 HOME = (52.090737, 5.121420)  # Utrecht
 TOWN = (52.089444, 5.233333)  # Zeist, 7.7 km east
@@ -70,9 +70,12 @@ class GpsSimulator(Simulator):
         lines = 0
         while not self._stop.wait(1.0 - (time.time() % 1.0)):
             elapsed = time.monotonic() - self._started + self.loop_offset_s
-            state = scenario(elapsed, self._random)
+            if self.scenario == QUIET:  # parked at home, a steady fix, a clean line
+                state, damage = parked(self._random), False
+            else:
+                state, damage = scenario(elapsed, self._random), True
             epoch = epoch_sentences(time.time() + state.pop("time_shift_s", 0.0), **state)
-            for index in range(len(epoch)):
+            for index in range(len(epoch) if damage else 0):
                 lines += 1
                 if lines % CORRUPT_EVERY == 0:
                     epoch[index] = corrupt(epoch[index], self._random)
@@ -114,6 +117,13 @@ def scenario(elapsed_s: float, rng: random.Random) -> dict:
         (end[1] - start[1]) * math.cos(math.radians(lat)), end[0] - start[0])) % 360
     return {"lat": lat, "lon": lon, "alt_m": 4.0 + 2.0 * math.sin(share * 6), "speed_mps": DRIVE_MPS,
             "course_deg": course, "fix": True}
+
+
+def parked(rng: random.Random) -> dict:
+    """Standing at home with a good sky: a metre of jitter, as a receiver that has settled shows."""
+    lat, lon = _offset(*HOME, rng.gauss(0, 1.0), rng.gauss(0, 1.0))
+    return {"lat": lat, "lon": lon, "alt_m": 5.0 + rng.gauss(0, 0.5), "speed_mps": abs(rng.gauss(0, 0.05)),
+            "course_deg": rng.uniform(0, 360), "fix": True}
 
 
 def spell(t: float) -> dict:
