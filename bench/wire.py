@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -31,7 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.devbroker import Broker, free_port
-from bench.common import ROOT, env_seconds, python, scratch, verdict
+from bench.common import ROOT, env_seconds, python, scratch, stop, verdict
 from bench.footprint import default_rate_config
 from tests.proxy import CUT, PASS, LinkProxy
 from tests.support import deep_merge, toml_dumps
@@ -131,11 +130,7 @@ def _measure(name: str, config: dict, tls_port: int, plain_port: int, certs: Pat
         resent = {t: n - before_snap["topics"]["messages"].get(t, 0)
                   for t, n in after_snap["topics"]["messages"].items()}
     finally:
-        agent.send_signal(signal.SIGTERM)
-        try:
-            agent.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            agent.kill()
+        stop(agent, timeout_s=15)
         counter.close()
         proxy.close()
         log.close()
