@@ -19,7 +19,7 @@ from agent.errors import UnavailableError
 from tests.diag_support import agent_in_process, is_socket
 from tests.support import boxtel, wait_until
 
-SIMULATED = {"simulate": True, "host": {"interval_s": 1.0, "power_check_s": 1.0, "min_interval_s": 0.0}}
+SIMULATED = {"simulate": True, "host": {"interval_s": 1.0, "power_check_s": 1.0, "min_interval_s": 0.0, "max_interval_s": 1.0}}
 
 
 def socket_of(config) -> str:
