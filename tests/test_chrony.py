@@ -4,6 +4,7 @@ reaching chrony and being selected, and `boxtel run` on a simulated fix feeding 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import struct
 import sysconfig
@@ -106,15 +107,26 @@ def _feed_real_time(pty, stop: threading.Event, sky: dict | None = None) -> None
             pty.write(line)
 
 
+@contextlib.contextmanager
+def _running(driver, pty, sky: dict | None = None):
+    """The driver on a receiver that sends real-time epochs (with `sky`'s changes), both stopped at the end."""
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed_real_time, args=(pty, stop, sky), daemon=True)
+    feeder.start()
+    driver.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        driver.stop()
+        feeder.join(timeout=3)
+
+
 def test_the_driver_feeds_chrony_which_selects_gps(tmp_path, make_pty, make_chrony):
     daemon = make_chrony()
     pty = make_pty()
     driver = _driver(tmp_path, pty.path, daemon)
-    stop = threading.Event()
-    feeder = threading.Thread(target=_feed_real_time, args=(pty, stop), daemon=True)
-    feeder.start()
-    driver.start()
-    try:
+    with _running(driver, pty):
         source = wait_reachable(daemon, min_samples=3)
         assert source.reach and source.samples >= 3
         health = driver.health()
@@ -124,10 +136,6 @@ def test_the_driver_feeds_chrony_which_selects_gps(tmp_path, make_pty, make_chro
         state = wait_until(lambda: chrony.query(str(daemon.command_socket))[0] == chrony.SELECTED, 30,
                            "chrony to select the GPS refclock")
         assert state
-    finally:
-        stop.set()
-        driver.stop()
-        feeder.join(timeout=3)
 
 
 def test_the_driver_without_chrony_counts_quietly_and_feeds_it_once_it_runs(tmp_path, make_pty, make_chrony,
@@ -135,11 +143,7 @@ def test_the_driver_without_chrony_counts_quietly_and_feeds_it_once_it_runs(tmp_
     daemon = Chrony(tmp_path / "chrony")  # configured, not started yet: chrony is not running
     pty = make_pty()
     driver = _driver(tmp_path, pty.path, daemon)
-    stop = threading.Event()
-    feeder = threading.Thread(target=_feed_real_time, args=(pty, stop), daemon=True)
-    feeder.start()
-    driver.start()
-    try:
+    with _running(driver, pty):
         wait_until(lambda: driver.health()["gps_chrony_errors"] >= 3, 15, "fixes whose sample found no chrony")
         assert driver.health()["gps_link"] == "connected" and driver._thread.is_alive()
         assert driver.values()["fix"] == "3d" and driver.chrony.samples == 0
@@ -149,10 +153,6 @@ def test_the_driver_without_chrony_counts_quietly_and_feeds_it_once_it_runs(tmp_
         assert started.refclock_socket == daemon.refclock_socket
         source = wait_reachable(started, min_samples=2)
         assert source.reach and driver.chrony.samples >= 2 and driver.chrony.last_error is None
-    finally:
-        stop.set()
-        driver.stop()
-        feeder.join(timeout=3)
 
 
 def test_a_clock_a_year_behind_gps_is_what_chrony_would_step_and_this_one_stays(tmp_path, make_pty, make_chrony):
@@ -163,16 +163,8 @@ def test_a_clock_a_year_behind_gps_is_what_chrony_would_step_and_this_one_stays(
     driver = _driver(tmp_path, pty.path, daemon)
     ahead_s = 400 * 86400.0
     wall_minus_mono = time.time() - time.monotonic()
-    stop = threading.Event()
-    feeder = threading.Thread(target=_feed_real_time, args=(pty, stop, {"time_shift_s": ahead_s}), daemon=True)
-    feeder.start()
-    driver.start()
-    try:
+    with _running(driver, pty, {"time_shift_s": ahead_s}):
         wait_until(lambda: "System clock wrong by" in daemon.log(), 30, "chrony to find the clock wrong")
-    finally:
-        stop.set()
-        driver.stop()
-        feeder.join(timeout=3)
     wrong_by = float(daemon.log().split("System clock wrong by ")[1].split()[0])
     assert abs(wrong_by - ahead_s) < 2.0  # the samples said how far, to within NMEA's second
     assert "Could not step system clock" in daemon.log()  # -x: chrony may not touch it ...
@@ -185,11 +177,7 @@ def test_a_suspect_fix_sends_chrony_no_sample(tmp_path, make_pty, make_chrony, s
     pty = make_pty()
     driver = _driver(tmp_path, pty.path, daemon)
     sky: dict = {}
-    stop = threading.Event()
-    feeder = threading.Thread(target=_feed_real_time, args=(pty, stop, sky), daemon=True)
-    feeder.start()
-    driver.start()
-    try:
+    with _running(driver, pty, sky):
         wait_until(lambda: driver.chrony.samples >= 2, 15, "samples from trusted fixes")
         sky.update(spell)  # spoofed: the receiver now says something no parked container can do
         wait_until(lambda: driver.values()["gnss_integrity"] == "suspect", 10, "the fix judged suspect")
@@ -198,10 +186,6 @@ def test_a_suspect_fix_sends_chrony_no_sample(tmp_path, make_pty, make_chrony, s
         wait_until(lambda: driver.stats["sentences_ok"] >= epochs_before + 18, 10, "three more spoofed epochs (6 sentences each)")
         assert driver.values()["gnss_integrity"] == "suspect"
         assert driver.chrony.samples == sent and driver.health()["gps_chrony_samples"] == sent
-    finally:
-        stop.set()
-        driver.stop()
-        feeder.join(timeout=3)
 
 
 def test_health_says_when_chrony_does_not_know_the_gps_refclock(tmp_path):
