@@ -123,6 +123,7 @@ class Outbox:
         self._boot_seq = 0
         if self._durable:
             self._note_boot()
+        self._demote_superseded_live()
         self._oldest_mono: float | None = None
         self._bytes_in_use = 0
         self._refresh_figures()
@@ -239,6 +240,18 @@ class Outbox:
         def write(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("UPDATE outbox SET prio = ? WHERE prio = ?", (HISTORY, LIVE))
+
+        self._write(write)
+
+    def _demote_superseded_live(self) -> None:
+        """At start: of the live rows a stream left behind (in flight when the agent died, perhaps
+        delivered already, their acknowledgement not yet committed), only the newest is its state. The
+        older ones go out as history, so the retained state topic never steps back to an older value."""
+
+        def write(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("UPDATE outbox SET prio = ? WHERE prio = ? AND seq NOT IN "
+                           "(SELECT MAX(seq) FROM outbox WHERE prio = ? GROUP BY stream)", (HISTORY, LIVE, LIVE))
 
         self._write(write)
 
