@@ -386,6 +386,30 @@ def test_the_modbus_demo_scenario_shows_every_event_and_alarm_once(make_config, 
     assert {"generator_started", "generator_stopped"} <= {e["kind"] for e in seen}
 
 
+def test_the_quiet_scenario_is_a_parked_box_whose_set_runs_and_nothing_happens(make_config, broker, subscribe,
+                                                                               monkeypatch):
+    """`[simulation] scenario = "quiet"` with the controller (bench/wire's parked box): the demo scenario
+    played as fast would have started, refuelled and syphoned within these polls."""
+    import tomllib
+
+    from drivers.generator.modbus_sim import ControllerSimulator
+    from tests.gpio_support import agent_in_process
+    from tests.support import wait_until
+
+    monkeypatch.setattr(ControllerSimulator, "speed", 4.0)
+    section = tomllib.loads((ROOT / "config" / "simulate-modbus.toml").read_text())["generator"]
+    section.update(poll_s=0.5, timeout_s=0.25, fuel_filter_samples=1)
+    path = make_config(broker, extra={"simulate": True, "simulation": {"scenario": "quiet"}, "generator": section})
+    sub = subscribe("boxtel/test-001/#")
+    with agent_in_process(path) as agent:
+        server = agent.simulation.parts[0].server
+        wait_until(lambda: server.reads >= 2 * 40, 30, "40 polls (20 s, 80 s of the demo at this speed)")
+        states = [m.json for m in sub.on("boxtel/test-001/generator") if m.json["running"] is not None]
+    # (a state before the first poll has every reading null)
+    assert states and all(s["running"] and s["fuel_pct"] == 70.0 for s in states)
+    assert not [m.json for m in sub.on("boxtel/test-001/events") if m.json["source"] == "generator"]
+
+
 def test_a_serial_port_claimed_by_the_gps_and_the_controller_is_refused(tmp_path, make_config):
     from agent import config as config_module
 

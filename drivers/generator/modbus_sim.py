@@ -26,7 +26,7 @@ from drivers.generator.controllers import (
     DSE_ALARMS,
     comap_line,
 )
-from drivers.simulator import Simulator
+from drivers.simulator import QUIET, Simulator
 
 CYCLE_S = 120.0
 REGISTERS = 4800  # covers both maps (DSE page 8, ComAp's alarm list at 4215 + 16 lines)
@@ -172,9 +172,20 @@ class ControllerSimulator(Simulator):
     def _run(self) -> None:
         started = time.monotonic()
         while not self._stop.is_set():
-            t = ((time.monotonic() - started) * self.speed) % CYCLE_S
-            play(self.genset, t, self._rng.uniform(-0.4, 0.4))
+            if self.scenario == QUIET:
+                idle(self.genset)
+            else:
+                t = ((time.monotonic() - started) * self.speed) % CYCLE_S
+                play(self.genset, t, self._rng.uniform(-0.4, 0.4))
             self._stop.wait(0.25 / self.speed)
+
+
+def idle(g: Genset) -> None:
+    """The quiet scenario (a parked box): the set runs with a steady light load, fuel steady at 70 %."""
+    g.rpm, g.state, g.load_kw = 1500, "loaded", 4.0
+    g.oil_kpa, g.coolant_c, g.battery_v, g.fuel_pct = 380, 82, 27.4, 70.0
+    g.run_s += 0.25
+    g.alarms = {}
 
 
 def play(g: Genset, t: float, noise_pct: float = 0.0) -> None:
