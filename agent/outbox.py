@@ -267,6 +267,8 @@ class Outbox:
         """Seconds since the oldest undelivered message was accepted, as of the last commit (monotonic
         clock; rows from before a reboot count from the boot, as a Pi without a real-time clock cannot
         know how long it was off)."""
+        if self.depth <= 0:
+            return None  # all delivered, the deletions not yet committed
         now = time.monotonic() if now is None else now
         oldest = self._oldest_mono
         if oldest is not None:

@@ -178,6 +178,16 @@ def test_oldest_age_follows_the_monotonic_clock(tmp_path, monkeypatch):
     assert box.oldest_age_s() is None
 
 
+def test_nothing_undelivered_has_no_oldest_age_before_the_deletion_is_committed(tmp_path):
+    # A reading waits for the next grouped commit; delivered before it, health must not show its age
+    # growing while the outbox is empty.
+    box = Outbox(tmp_path / "outbox.db")
+    seq = box.accept(LIVE, "gps", {"ts": "t"})
+    box.commit()
+    box.delivered(seq)
+    assert box.depth == 0 and box.oldest_age_s(time.monotonic() + 180) is None
+
+
 def test_wal_and_shm_files_are_private_too(tmp_path):
     path = tmp_path / "outbox.db"
     path.touch(mode=0o644)
