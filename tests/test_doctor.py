@@ -97,6 +97,12 @@ def test_wrong_serial_port(make_config, capsys, fake_gps):
     assert code == 2
 
 
+def test_a_simulated_box_with_no_agent_does_not_fail_on_its_receivers_port(make_config, capsys):
+    # `boxtel doctor -c config/simulate.toml` before `make demo`: the receiver is the agent's pty
+    code, checks = doctor(make_config(None, {"simulate": True, "gps": {"port": "/dev/ttyNOPE"}}), capsys)
+    assert checks["serial"] == ["OK   serial: simulated: start the agent to read its receiver"]
+
+
 @pytest.fixture
 def pty_talking():
     """A pseudo-terminal whose far end sends what the test puts in `sending[0]` every 50 ms."""
