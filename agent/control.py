@@ -310,6 +310,9 @@ class ControlServer:
                 return {"ok": True, "pins": self._pins()}
             if cmd == "doctor-gps" or (cmd == "probe" and request.get("what") == "gps"):
                 return self._probe_gps()
+            if cmd == "probe":
+                return {"ok": False, "error": f"cannot probe '{untrusted.printable(request.get('what'))}' "
+                        "(what: gps)"}
             if cmd == "watch":
                 client.watching = True
                 with self._lock:

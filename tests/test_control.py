@@ -101,6 +101,8 @@ def test_bad_requests_get_an_error_line_and_the_connection_stays_usable(broker, 
         assert "status" in unknown["error"]
         no_gps = ask(sock, {"cmd": "probe", "what": "gps"})
         assert no_gps == {"ok": False, "error": "no GPS driver is running in the agent"}
+        assert ask(sock, {"cmd": "probe", "what": "lockers\u202e"}) == {
+            "ok": False, "error": "cannot probe 'lockers\\u202e' (what: gps)"}
         assert ask(sock, {"cmd": "status"})["status"]["box"] == "test-001"
 
 
