@@ -283,6 +283,10 @@ class Publisher:
         self._rival_seen = False  # a status of another instance was on our topic at a reconnect
         self._broker_leaving = False  # the broker sent us our own will: it is shutting down
         self._last_loss_counted = False  # the last connection loss was counted as a takeover
+        # Read the retained status again at the next connect, even with the session resumed (see
+        # _on_connect). Not after a link that went silent: a takeover closes a connection, never silences it.
+        self._reread_status = False
+        self._silence_noticed = False  # drop_link() ended the connection: a PUBACK never came
         self.last_error: str | None = None
         self.last_error_mono: float | None = None
         self.last_progress = time.monotonic()
@@ -339,6 +343,7 @@ class Publisher:
             self.connected = False  # nothing more for this connection; on_disconnect keeps our reason
         if client is not None and connected:
             self._record_error(f"connection lost: {reason}")
+            self._silence_noticed = True
             client.disconnect()
 
     def alive(self) -> str | None:
@@ -556,11 +561,15 @@ class Publisher:
         self._aliases = TopicAliases(maximum)  # before `connected`: the core publishes through it
         self._broker_leaving = False
         # Subscribed before the birth: the retained status the broker returns is the one from before it
-        # (another instance's, if one took our id over meanwhile). Also on a resumed session, which holds
-        # the subscription already: this read costs ~0.6 kB per reconnect and is the only way to see a
-        # rival on a broker that does not send reason 0x8E. QoS 0: a check while connected, not a record
-        # -- no PUBACK for our birth's echo, and no copy of the dead connection's will kept for us.
-        client.subscribe(self.status_topic, qos=0)
+        # (another instance's, if one took our id over meanwhile). A resumed session holds the
+        # subscription already, and the read (~0.6 kB) is repeated only after the broker's side ended the
+        # connection: on a broker that does not send reason 0x8E that is all a takeover looks like, and
+        # reading the status is the only way to see the rival. A link that went silent (keep-alive or a
+        # missing PUBACK noticed here: the common flap on a cellular or satellite link) needs no read.
+        # QoS 0: a check while connected, not a record -- no PUBACK for our birth's echo, and no copy of
+        # the dead connection's will kept for us.
+        if not resumed or self._reread_status:
+            client.subscribe(self.status_topic, qos=0)
         # The birth is queued before `connected` lets the core publish: nothing of a session may reach
         # the broker ahead of its birth.
         client.publish(self.status_topic, self._status_payload("online"), qos=1, retain=True)
@@ -583,6 +592,9 @@ class Publisher:
         self.connected_since = None
         reason = str(reason_code)
         code = getattr(reason_code, "value", None)
+        if was_connected or self._silence_noticed:
+            self._reread_status = not (self._silence_noticed or code == _KEEPALIVE_TIMEOUT)
+        self._silence_noticed = False
         if was_connected and not self._stopping.is_set():
             self._record_error(f"connection lost: {reason}")
         self._work.put(Disconnected(session, reason, code))

@@ -7,8 +7,9 @@ proxy (tests/proxy.py). Three scenarios, each for `BENCH_WIRE_S` seconds after t
 - busy: config/simulate.toml as `make demo` runs it (every event of the demo, the demo's fast rates).
 For each: bytes per hour up and down, extrapolated to a month, per topic (from a subscriber on a second,
 plain listener of the same broker, so the topic split needs no TLS break-in), the cost of one reconnect
-(the link cut by the proxy, measured from the cut until the agent is idle again, its steady rate
-subtracted) and bytes per event.
+(measured from the link's return until the agent is idle again, its steady rate subtracted) of two kinds:
+after the proxy closed the link, and -- parked runs, judged -- after the link went silent until keep-alive
+noticed (up to twice `keepalive_s`), and bytes per event.
 
 Floor, in the same run: the same information -- every payload the subscriber received -- as compact JSON
 with no MQTT, TLS or TCP overhead. Wire figures count the TLS stream and estimate TCP/IP headers at 52 bytes
@@ -32,7 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.devbroker import Broker, free_port
 from bench.common import ROOT, env_seconds, python, scratch, stop, verdict
 from bench.footprint import default_rate_config
-from tests.proxy import CUT, PASS, LinkProxy
+from tests.proxy import BLACKHOLE, CUT, PASS, LinkProxy
 from tests.support import deep_merge, toml_dumps
 
 MONTH_H = 24 * 30.44
@@ -64,7 +65,8 @@ def main() -> int:
             if budget_mb:
                 config = deep_merge(config, {"link": {"budget_mb_month": budget_mb}})
                 name += f" budget {budget_mb:g} MB"
-            figures = _measure(name, config, broker.port, plain_port, certs, seconds, folder)
+            figures = _measure(name, config, broker.port, plain_port, certs, seconds, folder,
+                               judged_silent=name.startswith("parked"))
             ok &= _report(name, figures, judged=name.startswith("parked"))
     print(f"(logs: {folder}; BENCH_WIRE_ONLY=parked,parked+ha runs those; "
           f"BENCH_WIRE_BUDGET_MB=0.001 a budget spent at once: every saving step)")
@@ -97,7 +99,7 @@ def _busy_config(folder: Path, port: int) -> dict:
 
 
 def _measure(name: str, config: dict, tls_port: int, plain_port: int, certs: Path, seconds: float,
-             folder: Path) -> dict:
+             folder: Path, *, judged_silent: bool) -> dict:
     proxy = LinkProxy(tls_port)
     config = deep_merge(config, {"mqtt": {"port": proxy.port, "tls": True, "ca_file": str(certs / "ca.crt")}})
     path = folder / f"{name}.toml"
@@ -117,26 +119,44 @@ def _measure(name: str, config: dict, tls_port: int, plain_port: int, certs: Pat
         time.sleep(seconds)  # the measurement window itself: the agent runs undisturbed
         end = _snapshot(proxy, counter)
         steady_bps = (_wire(end) - _wire(start)) / seconds
+        # The far end closes the link (a modem reboot, a broker restart -- and what a takeover by a clone
+        # looks like on a broker without reason 0x8E): the agent reads its retained status again.
         proxy.set_mode(CUT)
-        cut_at = time.monotonic()
         proxy.set_mode(PASS)
-        before_snap = _snapshot(proxy, counter)
-        before = _wire(before_snap)
-        _wait_reconnected(proxy, proxy.accepted)
-        _wait_idle(proxy, deadline_s=60.0)
-        after_at = time.monotonic()
-        after_snap = _snapshot(proxy, counter)
-        reconnect_b = _wire(after_snap) - before - steady_bps * (after_at - cut_at)
-        resent = {t: n - before_snap["topics"]["messages"].get(t, 0)
-                  for t, n in after_snap["topics"]["messages"].items()}
+        closed = _reconnect(proxy, counter, steady_bps)
+        silent = None
+        if judged_silent:
+            # The link goes silent (carrier lost, a NAT forgot the flow: how cellular and satellite links
+            # flap): keep-alive notices within twice its interval; the link is back as the agent reconnects.
+            keepalive_s = float(config.get("mqtt", {}).get("keepalive_s", 300))
+            closes = proxy.client_closes
+            proxy.set_mode(BLACKHOLE)
+            deadline = time.monotonic() + 2 * keepalive_s + 60.0
+            while proxy.client_closes == closes and time.monotonic() < deadline:
+                time.sleep(0.05)
+            proxy.set_mode(PASS)
+            if proxy.client_closes > closes:
+                silent = _reconnect(proxy, counter, steady_bps)
     finally:
         stop(agent, timeout_s=15)
         counter.close()
         proxy.close()
         log.close()
-    return {"seconds": seconds, "start": start, "end": end, "connect_b": connect_b,
-            "reconnect_b": max(0.0, reconnect_b), "resent": {t: n for t, n in resent.items() if n},
-            "intervals": _max_intervals(path)}
+    return {"seconds": seconds, "start": start, "end": end, "connect_b": connect_b, "closed": closed,
+            "silent": silent, "intervals": _max_intervals(path)}
+
+
+def _reconnect(proxy: LinkProxy, counter: _TopicCounter, steady_bps: float) -> dict:
+    """The cost of the reconnect that follows (the link just came back): from now until the agent is idle
+    again, its steady rate subtracted; and what it sent again, per stream."""
+    since = time.monotonic()
+    before_snap = _snapshot(proxy, counter)
+    _wait_reconnected(proxy, proxy.accepted)
+    _wait_idle(proxy, deadline_s=60.0)
+    after_snap = _snapshot(proxy, counter)
+    cost_b = _wire(after_snap) - _wire(before_snap) - steady_bps * (time.monotonic() - since)
+    resent = {t: n - before_snap["topics"]["messages"].get(t, 0) for t, n in after_snap["topics"]["messages"].items()}
+    return {"bytes": max(0.0, cost_b), "resent": {t: n for t, n in resent.items() if n}}
 
 
 class _TopicCounter:
@@ -219,7 +239,9 @@ def _report(name: str, figures: dict, *, judged: bool) -> bool:
                   for t in end["topics"]["floor_b"]) * hour
     messages = {t: end["topics"]["messages"].get(t, 0) - start["topics"]["messages"].get(t, 0)
                 for t in end["topics"]["messages"]}
-    reconnect_b = figures["reconnect_b"]
+    closed, silent = figures["closed"], figures["silent"]
+    # The month's reconnects are costed at the dearer kind, though a flapping link mostly goes silent.
+    reconnect_b = max(closed["bytes"], silent["bytes"] if silent else 0.0)
     # An unchanged stream is re-sent every max_interval_s; a window shorter than that cannot see it, so
     # each such re-send is added at the size its stream's messages had, plus one QoS 1 message's overhead.
     per_message = {t: end["topics"]["payload_b"][t] / end["topics"]["messages"][t] for t in end["topics"]["messages"]}
@@ -243,17 +265,25 @@ def _report(name: str, figures: dict, *, judged: bool) -> bool:
               + (f"; per event {topics['events'] / events + overhead_b:.0f} B ({events} events)" if events else ""))
     print(f"  max-interval re-sends beyond the window: {resend_h / 1e3:.1f} kB/h; "
           f"total {wire_h / 1e3:.1f} kB/h = {wire_h * MONTH_H / 1e6:.2f} MB/month")
-    print(f"  connect burst {figures['connect_b'] / 1e3:.1f} kB; one reconnect {reconnect_b / 1e3:.2f} kB "
-          f"(resent: {', '.join(f'{t} {n}' for t, n in sorted(figures['resent'].items())) or 'nothing'})")
+    print(f"  connect burst {figures['connect_b'] / 1e3:.1f} kB")
+    for what, cost in (("after the link went silent (a flap)", silent),
+                       ("after the far end closed it (+ the clone check)", closed)):
+        if cost is not None:
+            print(f"  one reconnect {what}: {cost['bytes'] / 1e3:.2f} kB "
+                  f"(resent: {', '.join(f'{t} {n}' for t, n in sorted(cost['resent'].items())) or 'nothing'})")
     print(f"  floor (same payloads as compact JSON, no MQTT/TLS/TCP): {floor_h / 1e3:.1f} kB/h; "
           f"ratio wire/floor x{wire_h / floor_h:.2f}" if floor_h else "  floor: nothing received")
     print(f"  month with {RECONNECTS_PER_DAY} reconnects a day: {month_mb:.2f} MB")
     if not judged:
         return True
     month_ok = month_mb <= MONTH_TARGET_MB
-    reconnect_ok = reconnect_b <= RECONNECT_TARGET_B
+    # The reconnect target is judged on a flap, the kind a metered link has dozens of a day. After a close
+    # by the far end the agent also reads its retained status (issue 13: the only sign of a clone on a
+    # broker without reason 0x8E), which costs ~0.6 kB more; printed above, not judged.
+    reconnect_ok = silent is not None and silent["bytes"] <= RECONNECT_TARGET_B
     print(f"  target <= {MONTH_TARGET_MB} MB/month: {verdict(month_ok)}; "
-          f"<= {RECONNECT_TARGET_B / 1e3:.0f} kB per reconnect: {verdict(reconnect_ok)}")
+          f"<= {RECONNECT_TARGET_B / 1e3:.0f} kB per reconnect after a flap: "
+          f"{verdict(reconnect_ok) if silent else 'FAIL (keep-alive never noticed the silent link)'}")
     return month_ok and reconnect_ok
 
 

@@ -3,7 +3,7 @@
 - `pass`: bytes flow both ways.
 - `blackhole`: connections stay open but every byte is swallowed, both ways, and new connections are
   accepted and swallowed too: a half-open link (a satellite modem that lost its carrier), which only
-  keep-alive can notice. A connection that lost bytes is dead: it is closed when the link passes again.
+  keep-alive can notice (the broker closing its end is not passed on either). A connection that lost bytes is dead: it is closed when the link passes again.
 - `cut`: every connection is closed and new ones are closed at once (link down, modem rebooting).
 
 One thread with a selector; `close()` stops it and closes every socket.
@@ -41,6 +41,7 @@ class LinkProxy:
         self.down_bytes = 0
         self.up_chunks = 0  # reads forwarded, ~ TCP segments on a loopback link
         self.down_chunks = 0
+        self.client_closes = 0  # connections the client side ended (e.g. gave a silent link up)
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -142,6 +143,16 @@ class LinkProxy:
         except OSError:
             data = b""
         if not data:
+            if sock is pair.client:
+                self.client_closes += 1
+            elif self.mode == BLACKHOLE:
+                # The broker gave the silent client up (1.5 keep-alives): across a black hole the client
+                # cannot hear that; it has to notice the silence itself.
+                self._selector.unregister(sock)
+                del self._pairs[sock]
+                sock.close()
+                pair.upstream, pair.dead = None, True
+                return
             self._drop(sock)
             return
         other = pair.other(sock)

@@ -142,6 +142,53 @@ def test_a_resumed_session_resends_only_the_state_that_changed_while_offline(
         proxy.close()
 
 
+def test_the_status_is_read_again_after_the_broker_closed_the_link_but_not_after_it_went_silent(
+        make_broker, make_config, mock_pins):
+    """Issue 13's clone check (the retained status at a reconnect) costs ~0.6 kB. A takeover on a broker
+    without reason 0x8E closes the connection; a flapping link goes silent. Only the first reads again."""
+    from drivers.gpio_sim import wire_pin
+    from tests.support import Subscriber
+
+    broker = make_broker(extra=["log_type subscribe"])
+    proxy = LinkProxy(broker.port)
+    config = make_config(broker, extra={"gpio": {"pin_factory": "mock"},
+                                        "mqtt": {"port": proxy.port, "keepalive_s": 600, "ack_timeout_s": 2.0},
+                                        "locker": [{"name": "armory-1", "door": {"pin": 23}}]})
+    wire_pin(mock_pins, 23, high=False)
+    sub = Subscriber(broker.port, "boxtel/test-001/#")
+    forger = Subscriber(broker.port, "nothing/#")
+
+    def status_reads() -> int:  # mosquitto logs "<time>: <client id> <qos> <topic>" for each SUBSCRIBE
+        return sum(line.endswith(f" test-001 0 {STATUS}") for line in broker.log_path.read_text().splitlines())
+
+    def next_birth(after: int) -> int:
+        return sub.wait_for(STATUS, lambda p: p["state"] == "online" and p["session"] > after, timeout=20).json["session"]
+
+    try:
+        with agent_in_process(config) as agent:
+            session = next_birth(0)
+            assert status_reads() == 1  # a new session: subscribed, and the status read
+            proxy.set_mode(BLACKHOLE)  # the link goes silent; the door's event waits for its PUBACK
+            mock_pins.pin(23).drive_high()
+            wait_until(lambda: not agent.publisher.connected, 15, "the silent link given up")
+            proxy.set_mode(PASS)
+            session = next_birth(session)
+            sub.wait_for("boxtel/test-001/events", lambda p: p["kind"] == "door_opened")
+            assert status_reads() == 1  # the resumed session's subscription, not read again
+            # ... and it still guards the birth: a status put over it is answered with the birth again
+            forger.client.publish(STATUS, b'{"state":"offline"}', qos=1, retain=True).wait_for_publish(5)
+            wait_until(lambda: agent.publisher.statuses.births_republished == 1, 10, "the birth republished")
+
+            proxy.set_mode(CUT)  # the far end closes the link: what a takeover looks like without 0x8E
+            proxy.set_mode(PASS)
+            next_birth(session)
+            assert status_reads() == 2
+    finally:
+        sub.close()
+        forger.close()
+        proxy.close()
+
+
 def test_topic_aliases_name_each_topic_once_per_connection():
     aliases = TopicAliases(2)
     first, properties = aliases.publish_args("boxtel/pib-017/gps")
