@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent import config as config_module
 from agent.bus import Bus, Event, Reading
 from agent.clock import Clock
 from agent.config import GpioSettings
@@ -18,6 +16,7 @@ from agent.runtime import Agent
 from agent.schema import build
 from drivers.base import DriverContext
 from drivers.gpio_sim import wire_pin
+from tests import diag_support
 from tests.support import wait_until
 
 _rigs: list[Rig] = []
@@ -89,24 +88,11 @@ class Rig:
 
 @contextmanager
 def agent_in_process(config_path: Path) -> Iterator[Agent]:
-    """`boxtel run` in this process: its GPIO drivers open the test's mock pins. The Agent is built in
-    the thread that runs it (its SQLite outbox belongs to one thread)."""
-    built: list[Agent] = []
-    config = config_module.load(config_path)
-
-    def run() -> None:
-        built.append(Agent(config))
-        built[0].run()
-
-    thread = threading.Thread(target=run, name="test-agent", daemon=True)
-    thread.start()
-    wait_until(lambda: built and built[0].publisher.connected, 15, "the agent to connect")
-    try:
-        yield built[0]
-    finally:
-        built[0].request_stop()
-        thread.join(15)
-        assert not thread.is_alive(), "the agent did not stop"
+    """`boxtel run` in this process (its GPIO drivers open the test's mock pins), once it has started:
+    its control socket up and its first connection made."""
+    with diag_support.agent_in_process(config_path) as agent:
+        wait_until(lambda: agent.publisher.connected, 15, "the agent to connect")
+        yield agent
 
 
 def fast_demo_hardware(speed: float) -> dict[str, Any]:

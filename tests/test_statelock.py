@@ -64,6 +64,9 @@ def test_status_tells_an_agent_without_its_socket_from_no_agent(broker, make_con
         assert "does not answer" in done.stderr and done.stderr.count("\n") == 1
     doctor = boxtel("doctor", "-c", str(config))
     assert f"FAIL agent: the agent (pid {agent.pid}) holds the state dir" in doctor.stdout, doctor.stdout
+    # and doctor did not log in with the box's id, which would have taken the agent's connection over
+    assert "WARN mqtt login: not tried: a login as test-001 would take the running agent's connection over" \
+        in doctor.stdout
 
     agent.kill()
     done = boxtel("status", "-c", str(config))

@@ -73,6 +73,7 @@ class Context:
     config: Any = None
     socket_path: str = ""
     agent: dict[str, Any] | None = None  # the running agent's snapshot
+    agent_silent: bool = False  # an agent holds the state dir but its control socket does not answer
     broker_addresses: list[str] = field(default_factory=list)
     broker_tcp: bool = False
     tls_ok: bool = False
@@ -165,6 +166,7 @@ def check_agent(ctx: Context) -> list[Result]:
         ctx.agent = control.request(ctx.socket_path, "status", timeout_s=NETWORK_TIMEOUT_S,
                                     state_dir=control.state_dir_path(ctx.config_path))["status"]
     except control.AgentNotAnswering as err:
+        ctx.agent_silent = True
         return [Result(FAIL, "agent", err.summary, err.REMEDY)]
     except control.AgentNotRunning:
         return [Result(WARN, "agent", f"not running (nothing answers on {ctx.socket_path})",
@@ -475,6 +477,9 @@ def check_mqtt_login(ctx: Context) -> list[Result]:
     if ctx.agent is not None and ctx.agent.get("mqtt_connected"):
         # A second login with the box's id would take over the agent's session (and fire its will).
         return [Result(OK, "mqtt login", f"the running agent is logged in as {user}")]
+    if ctx.agent_silent:  # it may well be logged in: not taken over to find out
+        return [Result(WARN, "mqtt login", f"not tried: a login as {user} would take the running agent's "
+                       "connection over", "restart the agent (systemctl restart boxtel), then run doctor again")]
     from agent.errors import ConfigError
 
     try:
