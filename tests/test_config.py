@@ -463,16 +463,17 @@ def _float_keys(cls: type, table: Any, where: tuple) -> list[tuple[tuple, bool]]
     return found
 
 
-def _all_float_keys() -> list[tuple[tuple, bool]]:
+def _all_keys(walk) -> list[tuple]:
+    """`walk(schema, table, path)` over every section of MINIMAL (each table of a list in turn)."""
     keys = []
     for section, cls in _schemas().items():
         table = MINIMAL.get(section, {})
         for i, item in enumerate(table if isinstance(table, list) else [table]):
-            keys += _float_keys(cls, item, (section, i) if isinstance(table, list) else (section,))
+            keys += walk(cls, item, (section, i) if isinstance(table, list) else (section,))
     return keys
 
 
-FLOAT_KEYS = _all_float_keys()
+FLOAT_KEYS = _all_keys(_float_keys)
 
 
 def _key_text(path: tuple) -> str:
@@ -531,16 +532,7 @@ def _string_keys(cls: type, table: Any, where: tuple) -> list[tuple]:
     return found
 
 
-def _all_string_keys() -> list[tuple]:
-    keys = []
-    for section, cls in _schemas().items():
-        table = MINIMAL.get(section, {})
-        for i, item in enumerate(table if isinstance(table, list) else [table]):
-            keys += _string_keys(cls, item, (section, i) if isinstance(table, list) else (section,))
-    return keys
-
-
-STRING_KEYS = _all_string_keys()
+STRING_KEYS = _all_keys(_string_keys)
 
 
 def test_every_section_has_its_string_keys_walked():

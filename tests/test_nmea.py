@@ -14,13 +14,14 @@ from drivers.gps.sim import HOME, corrupt, epoch_sentences, sentence
 T0 = 1_764_150_000.0  # 2025-11-26T09:40:00Z
 
 
-def decode(*bodies: str, rollover: bool = True) -> list:
-    """Sentences (bodies without `$` and checksum) through a live decoder, then end of input."""
-    decoder = EpochDecoder() if rollover else EpochDecoder(rollover_before=None)
+def decode(*bodies: str, rollover: bool = True, stats: dict | None = None, flush: bool = True) -> list:
+    """Sentences (bodies without `$` and checksum) through a live decoder, then end of input (`flush`;
+    else only the epochs a later sentence closed). `stats`: the decoder's counters, filled in."""
+    decoder = EpochDecoder(stats, **({} if rollover else {"rollover_before": None}))
     fixes = []
     for body in bodies:
         fixes += decoder.feed(sentence(body).strip())
-    return fixes + decoder.flush()
+    return fixes + decoder.flush() if flush else fixes
 
 
 def receiver_output(seconds: int = 3, **state) -> bytes:
@@ -120,12 +121,9 @@ def test_checksummed_but_absurd_values_are_nulled_and_counted():
 @pytest.mark.parametrize("word", ["nan", "inf", "-inf", "NaN", "Infinity"])
 def test_checksummed_nan_and_inf_are_nulled_and_counted_like_any_absurd_value(word):
     stats = new_stats()
-    decoder = EpochDecoder(stats)
-    fixes = []
-    for body in (f"GPGGA,094000.00,5205.44,N,00507.28,E,1,09,0.9,{word},M,47.0,M,,",
-                 f"GPRMC,094000.00,A,5205.44,N,00507.28,E,{word},{word},261125,,,A",
-                 "GPGGA,094001.00,5205.44,N,00507.28,E,1,09,0.9,5.0,M,47.0,M,,"):
-        fixes += decoder.feed(sentence(body).strip())
+    fixes = decode(f"GPGGA,094000.00,5205.44,N,00507.28,E,1,09,0.9,{word},M,47.0,M,,",
+                   f"GPRMC,094000.00,A,5205.44,N,00507.28,E,{word},{word},261125,,,A",
+                   "GPGGA,094001.00,5205.44,N,00507.28,E,1,09,0.9,5.0,M,47.0,M,,", stats=stats, flush=False)
     dated = [f for f in fixes if f.time]
     assert dated and abs(dated[0].lat - 52.0906667) < 1e-6
     assert (dated[0].alt_m, dated[0].speed_mps, dated[0].course_deg) == (None,) * 3
@@ -135,12 +133,9 @@ def test_checksummed_nan_and_inf_are_nulled_and_counted_like_any_absurd_value(wo
 @pytest.mark.parametrize("position", ["9100.000,N,00507.28,E", "5205.44,N,18100.000,E", "9959.999,S,35959.999,W"])
 def test_a_checksummed_position_off_the_globe_is_no_position_and_counted(position):
     stats = new_stats()
-    decoder = EpochDecoder(stats)
-    fixes = []
-    for body in (f"GPGGA,094000.00,{position},1,09,0.9,5.0,M,47.0,M,,",
-                 f"GPRMC,094000.00,A,{position},0.0,0.0,261125,,,A",
-                 "GPGGA,094001.00,5205.44,N,00507.28,E,1,09,0.9,5.0,M,47.0,M,,"):
-        fixes += decoder.feed(sentence(body).strip())
+    fixes = decode(f"GPGGA,094000.00,{position},1,09,0.9,5.0,M,47.0,M,,",
+                   f"GPRMC,094000.00,A,{position},0.0,0.0,261125,,,A",
+                   "GPGGA,094001.00,5205.44,N,00507.28,E,1,09,0.9,5.0,M,47.0,M,,", stats=stats, flush=False)
     dated = [f for f in fixes if f.time]
     assert dated and all((f.lat, f.lon, f.alt_m, f.fix) == (None, None, None, "none") for f in dated)
     assert stats["rejected"] >= 1  # health: gps_rejected
